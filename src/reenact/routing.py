@@ -1,0 +1,283 @@
+"""Cross-attention inflation: frame f's spatial attention sees set f, temporal attention set F.
+
+Stable Video Diffusion has one cross-attention context (the CLIP token of the first frame). The
+motion-text embedding has ``F+1`` sets of ``N`` tokens instead. Nothing in diffusers' forward
+code has to change to feed it in, because of how the UNet already routes its context:
+
+* the UNet repeat-interleaves ``encoder_hidden_states`` ``(B, T, d)`` over frames to
+  ``(B*F, T, d)``; every *spatial* ``attn2`` (``...transformer_blocks.i.attn2``) receives it, row
+  ``b*F + f`` belonging to frame ``f`` of batch item ``b``;
+* every ``TransformerSpatioTemporalModel`` takes frame 0's slice, broadcasts it to all ``H*W``
+  positions ``(B*H*W, T, d)`` and its *temporal* ``attn2``
+  (``...temporal_transformer_blocks.i.attn2``) attends to that.
+
+So we pass the flattened embedding ``(B, (F+1)*N, d)`` (:func:`flatten_embedding`) as
+``encoder_hidden_states`` and swap in two attention processors that pick the right ``N`` tokens:
+:class:`SpatialMotionAttnProcessor` (set ``f`` for row ``b*F + f``) and
+:class:`TemporalMotionAttnProcessor` (set ``F``). With all ``F+1`` sets equal this is exactly the
+stock UNet fed those ``N`` tokens — the test that pins the routing down.
+
+The temporal context is the same for every spatial position, so the temporal processor projects
+its K/V once per batch item instead of once per position (the stock path computes
+``B*H*W`` identical projections; at N = 5 that is ~15% of SVD's UNet FLOPs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+__all__ = [
+    "RoutingState",
+    "SpatialMotionAttnProcessor",
+    "TemporalMotionAttnProcessor",
+    "RoutingHandle",
+    "install_motion_routing",
+    "flatten_embedding",
+]
+
+_TEMPORAL_MARK = ".temporal_transformer_blocks."
+
+
+@dataclass
+class RoutingState:
+    """What the processors need to know about the current UNet call.
+
+    ``num_sets`` = F+1 and ``tokens`` = N are fixed by the embedding; ``batch_size`` (B of the
+    UNet's ``sample``, CFG included) is recorded by the UNet pre-hook on every call and refreshed
+    by the spatial processor, which always runs before the temporal one of the same block.
+    ``kv_once=False`` computes the temporal K/V per spatial position like stock diffusers; it
+    exists only so benchmarks can compare the two.
+    """
+
+    num_sets: int
+    tokens: int
+    batch_size: int | None = None
+    kv_once: bool = True
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_sets - 1
+
+
+def _split_sets(ehs: torch.Tensor, state: RoutingState) -> torch.Tensor:
+    """View ``(rows, (F+1)*N, d)`` as ``(rows, F+1, N, d)``, with a clear error on mismatch."""
+    length = ehs.shape[1]
+    if length != state.num_sets * state.tokens:
+        raise ValueError(
+            f"cross-attention context has {length} tokens, expected (F+1)*N = "
+            f"{state.num_sets}*{state.tokens} = {state.num_sets * state.tokens}: pass the "
+            "flattened motion embedding as encoder_hidden_states"
+        )
+    return ehs.unflatten(1, (state.num_sets, state.tokens))  # a view for diffusers' layouts
+
+
+class SpatialMotionAttnProcessor(AttnProcessor2_0):
+    """Spatial cross-attention of frame ``f`` attends to set ``f`` only.
+
+    ``hidden_states`` is ``(B*F, L, C)`` and ``encoder_hidden_states`` ``(B*F, (F+1)*N, d)``; row
+    ``b*F + f`` keeps tokens ``f*N:(f+1)*N``. The attention itself is diffusers'
+    :class:`AttnProcessor2_0`, unchanged (norm_cross, residual, rescale, masks as there).
+    """
+
+    def __init__(self, state: RoutingState):
+        super().__init__()
+        self.state = state
+
+    def __call__(  # type: ignore[override]
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None:
+            raise ValueError("motion routing installed on a self-attention layer")
+        sets = _split_sets(encoder_hidden_states, self.state)
+        rows = sets.shape[0]
+        num_frames = self.state.num_frames
+        if rows % num_frames:
+            raise ValueError(f"spatial attention got {rows} rows, not a multiple of F={num_frames}")
+        self.state.batch_size = rows // num_frames
+        frame = torch.arange(rows, device=sets.device) % num_frames
+        context = sets[torch.arange(rows, device=sets.device), frame]  # (B*F, N, d)
+        return super().__call__(attn, hidden_states, context, attention_mask, temb)
+
+
+class TemporalMotionAttnProcessor(AttnProcessor2_0):
+    """Temporal cross-attention attends to set ``F``, with K/V projected once per batch item.
+
+    ``hidden_states`` is ``(B*H*W, F, C)`` (rows ordered ``b*H*W + p``) and
+    ``encoder_hidden_states`` ``(B*H*W, (F+1)*N, d)``, whose ``H*W`` rows per batch item are
+    identical copies (diffusers broadcasts frame 0's context; this is not re-checked here). We read
+    set ``F`` from the first row of each batch item, project it to K/V ``(B, N, inner)`` and let
+    all ``H*W*F`` queries of batch item ``b`` attend to those ``N`` keys in one SDPA call of shape
+    ``(B, heads, H*W*F, head_dim) x (B, heads, N, head_dim)``. Softmax is per query, so this is
+    the per-position attention exactly, with no broadcast tensor at all (not even a strided one),
+    and it keeps the fused SDPA kernels usable. Gradients reach the embedding through that first
+    row; since all rows are equal they are the stock gradients.
+    """
+
+    def __init__(self, state: RoutingState):
+        super().__init__()
+        self.state = state
+
+    def __call__(  # type: ignore[override]
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None:
+            raise ValueError("motion routing installed on a self-attention layer")
+        sets = _split_sets(encoder_hidden_states, self.state)
+        temporal = self.state.num_sets - 1
+        simple = (
+            attention_mask is None
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and hidden_states.ndim == 3
+        )
+        if not self.state.kv_once or not simple:
+            # stock path: every row projects its own (identical) copy of the N tokens
+            return super().__call__(attn, hidden_states, sets[:, temporal], attention_mask, temb)
+
+        batch = self.state.batch_size
+        rows, frames, _ = hidden_states.shape
+        if batch is None or rows % batch or sets.shape[0] != rows:
+            raise RuntimeError(
+                "temporal motion routing needs the UNet batch size; call the UNet that "
+                "install_motion_routing() was applied to"
+            )
+        positions = rows // batch
+        context = sets.unflatten(0, (batch, positions))[:, 0, temporal]  # (B, N, d)
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+
+        residual = hidden_states
+        query = attn.to_q(hidden_states)  # (B*HW, F, inner)
+        key = attn.to_k(context)  # (B, N, inner): once per batch item
+        value = attn.to_v(context)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+
+        # (B*HW, F, inner) -> (B, heads, HW*F, head_dim): all positions of item b share its K/V
+        query = query.view(batch, positions * frames, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # like AttnProcessor2_0: SDPA's default scale (= attn.scale for SVD)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(rows, frames, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@dataclass
+class RoutingHandle:
+    """What :func:`install_motion_routing` changed; :meth:`remove` undoes it."""
+
+    unet: torch.nn.Module
+    state: RoutingState
+    original_processors: dict
+    hook: torch.utils.hooks.RemovableHandle | None
+
+    def remove(self) -> None:
+        """Restore the processors found at install time and remove the UNet pre-hook."""
+        if self.hook is None:
+            return
+        self.hook.remove()
+        self.hook = None
+        self.unet.set_attn_processor(dict(self.original_processors))  # it pops from the dict
+
+    def __enter__(self) -> RoutingHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def install_motion_routing(
+    unet: torch.nn.Module, tokens: int, num_frames: int, kv_once: bool = True
+) -> RoutingHandle:
+    """Route a flattened ``(B, (F+1)*N, d)`` motion embedding through ``unet``'s cross-attention.
+
+    Replaces the processor of every cross-attention ``attn2``: those under
+    ``temporal_transformer_blocks`` get :class:`TemporalMotionAttnProcessor`, the spatial ones
+    :class:`SpatialMotionAttnProcessor`. All other processors (self-attention ``attn1``) stay as
+    they are. A forward pre-hook records the batch size of each UNet call and checks that
+    ``sample`` has ``num_frames`` frames and the context ``(num_frames+1)*tokens`` tokens.
+
+    ``enable_xformers_memory_efficient_attention()`` and ``set_default_attn_processor()`` replace
+    *all* processors, these included: call them first, install after. Use the returned handle's
+    ``remove()`` (or ``with``) to restore the UNet.
+
+    Memory note: diffusers broadcasts the temporal context to ``(B*H*W, (F+1)*N, d)`` before our
+    processor sees it. With B == 1 that is a zero-copy view; with B > 1 (e.g. CFG, B = 2) the
+    reshape after ``broadcast_to`` materialises ``B*H*W*(F+1)*N*d`` elements per temporal
+    block (a few GB at 576x1024). The processor reads only one row of it per batch item.
+    """
+    if tokens < 1 or num_frames < 1:
+        raise ValueError(f"need tokens >= 1 and num_frames >= 1, got {tokens}, {num_frames}")
+    state = RoutingState(num_sets=num_frames + 1, tokens=tokens, kv_once=kv_once)
+    original = dict(unet.attn_processors)
+    spatial = SpatialMotionAttnProcessor(state)
+    temporal = TemporalMotionAttnProcessor(state)
+    new = {}
+    for name, proc in original.items():
+        if name.endswith(".attn2.processor"):
+            new[name] = temporal if _TEMPORAL_MARK in f".{name}" else spatial
+        else:
+            new[name] = proc
+    if spatial not in new.values() and temporal not in new.values():
+        raise ValueError("this UNet has no cross-attention (attn2) layers to route")
+
+    def pre_hook(module, args, kwargs):
+        sample = kwargs["sample"] if "sample" in kwargs else args[0]
+        if "encoder_hidden_states" in kwargs:
+            ehs = kwargs["encoder_hidden_states"]
+        else:
+            ehs = args[2] if len(args) > 2 else None
+        if sample.ndim != 5 or sample.shape[1] != num_frames:
+            raise ValueError(
+                f"motion embedding has F={num_frames} frame sets but the UNet is called with "
+                f"sample of shape {tuple(sample.shape)} (expected (B, {num_frames}, C, H, W))"
+            )
+        expected = (num_frames + 1) * tokens
+        if ehs is None or ehs.ndim != 3 or ehs.shape[1] != expected:
+            got = None if ehs is None else tuple(ehs.shape)
+            raise ValueError(
+                f"encoder_hidden_states must be the flattened motion embedding "
+                f"(B, (F+1)*N = {expected}, d), got {got}"
+            )
+        if ehs.shape[0] != sample.shape[0]:
+            raise ValueError(
+                f"encoder_hidden_states batch {ehs.shape[0]} != sample batch {sample.shape[0]}"
+            )
+        state.batch_size = sample.shape[0]
+
+    unet.set_attn_processor(new)
+    hook = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    return RoutingHandle(unet=unet, state=state, original_processors=original, hook=hook)
+
+
+def flatten_embedding(emb: torch.Tensor) -> torch.Tensor:
+    """``(F+1, N, d)`` or ``(B, F+1, N, d)`` -> ``(B, (F+1)*N, d)``, the UNet's context layout."""
+    if emb.ndim == 3:
+        emb = emb.unsqueeze(0)
+    if emb.ndim != 4:
+        raise ValueError(f"motion embedding must be (F+1, N, d) or (B, F+1, N, d), got {tuple(emb.shape)}")
+    return emb.reshape(emb.shape[0], emb.shape[1] * emb.shape[2], emb.shape[3])

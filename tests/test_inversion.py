@@ -1,0 +1,307 @@
+"""Motion-textual inversion, as a specification: SVD's EDM loss, a frozen model, only the embedding
+learns, everything the VAE sees is encoded once, and an interrupted run resumes bit-for-bit.
+
+Runs on the tiny random SVD (conftest) with a 2-frame 16x16 clip (8x8 latents): ~0.1 s a step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from reenact import models
+from reenact.embedding import FORMAT_VERSION, MotionEmbedding
+from reenact.errors import ConfigError
+from reenact.inversion import (
+    InversionConfig,
+    checkpoint_path,
+    edm_denoise,
+    edm_loss,
+    edm_loss_weight,
+    edm_preconditioning,
+    invert,
+    lr_at,
+)
+
+FRAMES, SIZE = 2, 16
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_svd_dir):
+    return models.load_pipeline(str(tiny_svd_dir), torch.device("cpu"), torch.float32)
+
+
+def clip(seed: int = 0) -> torch.Tensor:
+    """A fixed (F, 3, H, W) reference in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(FRAMES, 3, SIZE, SIZE, generator=g) * 2 - 1
+
+
+def fast(**kw) -> InversionConfig:
+    return InversionConfig(**{"steps": 4, "lr": 0.1, "cond_bank_size": 2, **kw})
+
+
+# --- the EDM maths -----------------------------------------------------------------------------
+
+class StubUNet(torch.nn.Module):
+    """Returns ``scale * (first half of the input channels)`` = ``scale * c_in * x_s``; records its call."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.dtype = torch.float32
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, return_dict=True):
+        self.seen = dict(sample=sample, timestep=timestep, ehs=encoder_hidden_states, ids=added_time_ids)
+        return (self.scale * sample[:, :, : sample.shape[2] // 2],)
+
+
+SIGMAS = torch.tensor([0.002, 0.3, 1.0, 4.0, 80.0], dtype=torch.float64)
+
+
+def test_edm_preconditioning_identities():
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(SIGMAS)
+    torch.testing.assert_close(c_in**2, c_skip)  # sigma_data = 1
+    torch.testing.assert_close(c_skip + c_out**2, torch.ones_like(SIGMAS))
+    torch.testing.assert_close(edm_loss_weight(SIGMAS) * c_out**2, torch.ones_like(SIGMAS))
+    torch.testing.assert_close(c_noise, 0.25 * SIGMAS.log())
+    assert (c_out < 0).all()  # v-prediction sign
+
+
+def test_denoiser_with_zero_network_output_is_the_skip_path():
+    x_s, cond = torch.randn(5, 3, 4, 2, 2), torch.randn(5, 3, 4, 2, 2)
+    sigma = SIGMAS.float()
+    unet = StubUNet(scale=0.0)
+    d = edm_denoise(unet, x_s, sigma, cond, torch.zeros(5, 8, 3), torch.zeros(5, 3))
+    torch.testing.assert_close(d, x_s / (1 + sigma**2).view(-1, 1, 1, 1, 1))
+
+
+def test_denoiser_matches_the_analytic_value_and_feeds_the_unet_as_svd():
+    x_s, cond = torch.randn(5, 3, 4, 2, 2), torch.randn(5, 3, 4, 2, 2)
+    sigma = SIGMAS.float()
+    emb, ids = torch.randn(5, 8, 3), torch.randn(5, 3)
+    unet = StubUNet(scale=2.0)
+    d = edm_denoise(unet, x_s, sigma, cond, emb, ids)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    # c_skip*x + c_out*2*c_in*x = (1 - 2s) / (s^2 + 1) * x
+    torch.testing.assert_close(d, (1 - 2 * s) / (s**2 + 1) * x_s)
+    # input: [c_in * x_s, cond] on channels; timestep c_noise; context and ids passed through
+    torch.testing.assert_close(unet.seen["sample"][:, :, :4], x_s / torch.sqrt(s**2 + 1))
+    torch.testing.assert_close(unet.seen["sample"][:, :, 4:], cond)
+    torch.testing.assert_close(unet.seen["timestep"], 0.25 * sigma.log())
+    assert torch.equal(unet.seen["ehs"], emb) and torch.equal(unet.seen["ids"], ids)
+
+
+def test_loss_is_the_sigma_weighted_mean_square():
+    x0, delta = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    sigma = torch.tensor([0.5, 3.0])
+    w = (1 + sigma**2) / sigma**2
+    expected = (w.view(-1, 1, 1, 1, 1) * delta**2).mean()
+    torch.testing.assert_close(edm_loss(x0 + delta, x0, sigma), expected)
+
+
+def test_lr_schedules():
+    assert lr_at(7, InversionConfig(lr=0.2)) == 0.2
+    cos = InversionConfig(lr=1.0, steps=100, lr_schedule="cosine")
+    assert lr_at(0, cos) == 1.0 and lr_at(50, cos) == pytest.approx(0.5) and lr_at(99, cos) < 0.01
+    warm = InversionConfig(lr=1.0, steps=100, lr_schedule="warmup-cosine", warmup_steps=10)
+    assert lr_at(0, warm) == pytest.approx(0.1) and lr_at(9, warm) == 1.0 and lr_at(10, warm) == 1.0
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def test_loss_falls_over_a_short_inversion(pipe):
+    # fixed noise level so the per-step loss varies only with the noise draw; checked to hold for
+    # seeds 0-3 (mean of first 5 vs last 5: -0.05 to -0.09 against a spread of ~0.1)
+    cfg = InversionConfig(steps=30, lr=0.5, seed=0, log_sigma_mean=0.0, log_sigma_std=0.0, cond_bank_size=4)
+    losses = invert(pipe, clip(), cfg, progress=False).losses
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.02
+
+
+def test_the_model_never_changes(pipe):
+    modules = {"unet": pipe.unet, "vae": pipe.vae, "image_encoder": pipe.image_encoder}
+    before = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+    processors = {n: type(p) for n, p in pipe.unet.attn_processors.items()}
+    invert(pipe, clip(), fast(steps=3, lr=1.0, gradient_checkpointing=True), progress=False)
+    for k, m in modules.items():
+        after = m.state_dict()
+        assert after.keys() == before[k].keys()
+        assert all(torch.equal(before[k][n], after[n]) for n in after), f"{k} weights changed"
+    assert {n: type(p) for n, p in pipe.unet.attn_processors.items()} == processors  # routing removed
+    assert not pipe.unet.is_gradient_checkpointing
+
+
+def test_gradients_reach_every_set_per_frame(pipe):
+    emb = invert(pipe, clip(), fast(steps=1, init="zeros"), progress=False).embedding.tensor
+    assert emb.shape == (FRAMES + 1, 5, pipe.unet.config.cross_attention_dim)
+    assert all(emb[f].abs().amax() > 0 for f in range(FRAMES + 1)), "a set got no gradient"
+    assert not torch.equal(emb[0], emb[FRAMES]) and not torch.equal(emb[0], emb[1])
+
+
+def test_shared_mode_learns_one_set_for_all(pipe, tmp_path):
+    out = tmp_path / "m.safetensors"
+
+    def stop(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        invert(pipe, clip(), fast(sets="shared", checkpoint_every=1), output=out, progress=False, callback=stop)
+    assert torch.load(checkpoint_path(out), weights_only=True)["embedding"].shape == (1, 5, 32)
+    emb = invert(pipe, clip(), fast(sets="shared", checkpoint_every=1), output=out, resume=True,
+                 progress=False).embedding.tensor
+    assert emb.shape[0] == FRAMES + 1 and emb.abs().amax() > 0
+    assert all(torch.equal(emb[0], emb[f]) for f in range(FRAMES + 1))
+
+
+def test_everything_the_vae_sees_is_encoded_once(pipe, monkeypatch):
+    calls = []
+    encode = pipe.vae.encode
+
+    def counting(x, *a, **kw):
+        calls.append(x.shape[0])
+        return encode(x, *a, **kw)
+
+    monkeypatch.setattr(pipe.vae, "encode", counting)
+    counts = []
+    for steps in (1, 6):
+        calls.clear()
+        cfg = fast(steps=steps, num_augmentations=2, flip_prob=0.5, crop_scale=0.5, cond_bank_size=3)
+        invert(pipe, clip(), cfg, progress=False)
+        counts.append(list(calls))
+    assert counts[0] == counts[1]
+    # 3 clip copies (original + 2 augmented), each: F frames + 3 conditioning draws
+    assert sum(counts[0]) == 3 * (FRAMES + 3)
+
+
+def test_optimising_at_a_lower_resolution_keeps_the_generation_size(pipe, tmp_path):
+    out = tmp_path / "m.safetensors"
+    frames = torch.rand(FRAMES, 3, 32, 32) * 2 - 1
+    invert(pipe, frames, fast(steps=1, optim_size=(16, 16)), output=out, progress=False)
+    meta = MotionEmbedding.load(out).metadata
+    assert (meta["height"], meta["width"]) == (32, 32)
+    assert json.loads(meta["optimisation"])["optim_size"] == [16, 16]
+
+
+# --- checkpoints and resume ----------------------------------------------------------------------
+
+def interrupt_at(n, seen):
+    def callback(step, loss):
+        seen.append(step)
+        if step == n:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_resume_continues_the_same_run_bit_for_bit(pipe, tmp_path):
+    cfg = dict(steps=20, checkpoint_every=5, seed=3, cond_bank_size=2)
+    full = invert(pipe, clip(), InversionConfig(**cfg), output=tmp_path / "a.safetensors", progress=False)
+
+    out = tmp_path / "b.safetensors"
+    seen: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        invert(pipe, clip(), InversionConfig(**cfg), output=out, progress=False, callback=interrupt_at(12, seen))
+    assert seen[-1] == 12 and not out.exists()
+    ckpt = torch.load(checkpoint_path(out), weights_only=True)  # loadable, the last interval's
+    assert ckpt["step"] == 10 and len(ckpt["losses"]) == 10
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+    seen.clear()
+    resumed = invert(pipe, clip(), InversionConfig(**cfg), output=out, resume=True, progress=False,
+                     callback=interrupt_at(-1, seen))
+    assert seen[0] == 11 and seen[-1] == 20  # continues from the checkpoint, not from 0
+    assert resumed.resumed_from == 10 and resumed.steps_done == 20 and len(resumed.losses) == 20
+    assert resumed.losses == full.losses  # the same random stream (RNG state restored)
+    assert torch.equal(resumed.embedding.tensor, full.embedding.tensor)
+    assert not checkpoint_path(out).exists()  # dropped once the final file is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+
+def test_resume_without_a_checkpoint_starts_fresh(pipe, tmp_path):
+    res = invert(pipe, clip(), fast(steps=2), output=tmp_path / "m.safetensors", resume=True, progress=False)
+    assert res.resumed_from == 0 and res.steps_done == 2
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(pipe, tmp_path, monkeypatch):
+    out = tmp_path / "m.safetensors"
+    real_save = torch.save
+
+    def save_then_fail(obj, f, *a, **kw):
+        if obj["step"] == 4:
+            with open(f, "wb") as fh:
+                fh.write(b"half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr("reenact.inversion.torch.save", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        invert(pipe, clip(), fast(steps=6, checkpoint_every=2), output=out, progress=False)
+    assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint_path(out).name]  # no temp file
+
+
+def test_resume_refuses_another_reference_or_other_settings(pipe, tmp_path):
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        invert(pipe, clip(), fast(steps=6, checkpoint_every=2), output=out, progress=False,
+               callback=interrupt_at(3, []))
+    with pytest.raises(ConfigError, match="different reference"):
+        invert(pipe, clip(seed=1), fast(steps=6, checkpoint_every=2), output=out, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="tokens: checkpoint 5, now 3"):
+        invert(pipe, clip(), fast(steps=6, checkpoint_every=2, tokens=3), output=out, resume=True, progress=False)
+    # more steps is allowed: it extends the run
+    res = invert(pipe, clip(), fast(steps=7, checkpoint_every=2), output=out, resume=True, progress=False)
+    assert (res.resumed_from, res.steps_done) == (2, 7)
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(steps=0), dict(lr=0.0), dict(lr=-1e-3), dict(tokens=0), dict(sets="all"),
+            dict(optimizer="sgd"), dict(crop_scale=0.0), dict(optim_size=(20, 16))],
+)
+def test_bad_settings_are_config_errors(pipe, bad):
+    with pytest.raises(ConfigError):
+        invert(pipe, clip(), InversionConfig(**bad), progress=False)
+
+
+def test_resume_needs_an_output(pipe):
+    with pytest.raises(ConfigError, match="output"):
+        invert(pipe, clip(), fast(), resume=True, progress=False)
+
+
+# --- the result ------------------------------------------------------------------------------
+
+def test_saved_file_has_the_full_metadata(pipe, tmp_path, tiny_svd_dir):
+    out = tmp_path / "m.safetensors"
+    cfg = fast(steps=3, fps=8, motion_bucket_id=100, seed=5)
+    res = invert(pipe, clip(), cfg, output=out, reference_name="walk.mp4", progress=False)
+    meta = MotionEmbedding.load(out).metadata
+    for key in ("base_model", "unet_fingerprint", "num_frames", "tokens", "dim", "height", "width",
+                "fps", "motion_bucket_id", "noise_aug_strength", "optimisation", "steps_done",
+                "final_loss", "seed", "reference"):
+        assert key in meta, key
+    assert meta["base_model"] == str(tiny_svd_dir)
+    assert (meta["num_frames"], meta["tokens"], meta["dim"]) == (FRAMES, 5, 32)
+    assert (meta["height"], meta["width"], meta["fps"], meta["motion_bucket_id"]) == (SIZE, SIZE, 8, 100)
+    assert meta["noise_aug_strength"] == 0.02 and meta["seed"] == 5 and meta["steps_done"] == 3
+    assert meta["reference"] == "walk.mp4"
+    assert meta["final_loss"] == pytest.approx(sum(res.losses) / 3)
+    assert json.loads(meta["optimisation"]) == cfg.to_dict()
+    with safe_open(str(out), framework="pt") as fh:
+        assert json.loads(fh.metadata()["format_version"]) == FORMAT_VERSION
+    assert torch.equal(MotionEmbedding.load(out).tensor, res.embedding.tensor)
+
+
+def test_previews_are_written_in_one_batched_call(pipe, tmp_path):
+    images = [Image.new("RGB", (SIZE, SIZE), c) for c in ("red", "blue")]
+    res = invert(pipe, clip(), fast(steps=2, preview_every=1, preview_steps=1), preview_images=images,
+                 preview_dir=tmp_path, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["step_000001_0.gif", "step_000001_1.gif", "step_000002_0.gif", "step_000002_1.gif"]
+    assert len(res.previews) == 4
