@@ -52,6 +52,16 @@ def test_generates_F_frames_with_a_motion_embedding(tiny_pipe, image):
     assert not torch.allclose(frames, other)
 
 
+def test_a_video_does_not_depend_on_the_rest_of_its_batch(tiny_pipe, image):
+    """Same image, same seed, alone or batched: same video (the VAE decodes videos apart)."""
+    emb = MotionEmbedding(init_random(F, 2, D, std=1.0, generator=torch.Generator().manual_seed(0)))
+    seeded = [torch.Generator().manual_seed(0) for _ in range(2)]
+    other = PIL.Image.fromarray(np.full((SIZE, SIZE, 3), 200, dtype=np.uint8))
+    alone = generate(tiny_pipe, image, motion_embedding=emb)
+    batched = generate(tiny_pipe, [other, image], motion_embedding=emb, generator=seeded)
+    torch.testing.assert_close(batched[1], alone[0], rtol=0, atol=1e-4)  # was ~0.3 apart
+
+
 def test_all_sets_equal_to_the_clip_embedding_is_stock_svd(tiny_pipe, image):
     clip = tiny_pipe._encode_image(image, "cpu", 1, False)[0]  # (1, d): SVD's own conditioning
     emb = clip[None].expand(F + 1, 1, D)

@@ -12,7 +12,8 @@ where ``x_0`` are the reference video's latents and ``cond`` the (noise-augmente
 first frame. :func:`invert` is that loop and nothing else -- data, model, optimiser, step,
 log, checkpoint -- in the order it runs (nanoGPT / diffusers ``textual_inversion`` style).
 
-Decisions the paper leaves open, each a field of :class:`InversionConfig`:
+Decisions made here (the paper is silent on them; the knobs are fields of
+:class:`InversionConfig`, whose comments say where each default comes from):
 
 * **Everything the VAE sees is encoded once, before the loop.** The reference latents (and
   the latents of ``num_augmentations`` augmented copies of the clip) and a bank of
@@ -116,6 +117,7 @@ class InversionConfig:
     sets: str = "per-frame"  # "per-frame": F+1 distinct sets (paper); "shared": one set
     # (1, N, d) expanded to all F+1 -- the paper's F'=1 ablation
     init: str = "clip"  # "clip" (patent claim 3) | "random" (N(0, init_noise_std^2)) | "zeros"
+    # ("zeros": the N tokens of a set get identical gradients and stay identical -- an ablation)
     init_noise_std: float = 0.1  # noise that makes the N copies of a CLIP token differ
 
     # -- EDM noise levels (METHOD.md "Optimisation") --

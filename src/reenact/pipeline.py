@@ -75,6 +75,19 @@ class MotionTransferPipeline(StableVideoDiffusionPipeline):
             self._motion_embedding = None
             handle.remove()
 
+    def decode_latents(self, latents: torch.Tensor, num_frames: int, decode_chunk_size: int = 14):
+        """Decode each video of the batch on its own.
+
+        SVD's ``decode_latents`` flattens the batch to ``B*F`` frames and decodes them in chunks
+        of ``decode_chunk_size``; the VAE decoder's temporal layers treat a chunk as one clip, so
+        a chunk that spans two videos mixes them, and a video would depend on what else is in
+        its batch.
+        """
+        videos = []
+        for i in range(latents.shape[0]):
+            videos.append(super().decode_latents(latents[i : i + 1], num_frames, decode_chunk_size))
+        return torch.cat(videos)
+
     def _encode_image(self, image, device, num_videos_per_prompt: int, do_classifier_free_guidance: bool):
         """The flattened motion embedding ``(B*num_videos, (F+1)*N, d)`` in place of CLIP's.
 

@@ -127,13 +127,28 @@ def _shape_mask(shape: str, size: float, centers: np.ndarray, height: int, width
     return F.avg_pool2d(m, s)[:, 0]
 
 
+def _palette() -> np.ndarray:
+    """16 well-separated colours in [-1, 1]: the RGB cube's corners and face centres, shrunk.
+
+    A palette rather than a continuum: the toy VAE (with diffusers' fixed 32-group GroupNorm at
+    toy widths) learns a continuum of flat colours very slowly on 2 cores, and 16 colours give
+    240 object/background pairs - plenty for shape, position and motion to vary.
+    """
+    corners = np.array([[x, y, z] for x in (-0.8, 0.8) for y in (-0.8, 0.8) for z in (-0.8, 0.8)])
+    faces = np.array([[0.8, 0, 0], [-0.8, 0, 0], [0, 0.8, 0], [0, -0.8, 0], [0, 0, 0.8], [0, 0, -0.8],
+                      [0.1, 0.1, 0.1], [0.4, -0.4, 0.4]])
+    return np.concatenate([corners, faces])
+
+
+PALETTE = _palette()
+
+
 def _contrasting_colors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Object and background colours in [-1, 1] that differ clearly (RGB distance >= 0.9)."""
+    """Object and background colours from ``PALETTE`` that differ clearly (RGB distance >= 0.9)."""
     while True:
-        obj = rng.uniform(-1, 1, 3)
-        bg = rng.uniform(-1, 1, 3)
+        obj, bg = PALETTE[rng.choice(len(PALETTE), 2, replace=False)]
         if np.linalg.norm(obj - bg) >= 0.9:
-            return obj, bg
+            return obj.copy(), bg.copy()
 
 
 def render(shape: str, size: float, centers: np.ndarray, object_color: np.ndarray, background_color: np.ndarray,
@@ -146,7 +161,7 @@ def render(shape: str, size: float, centers: np.ndarray, object_color: np.ndarra
     return video, masks
 
 
-def make_clip(seed: int, num_frames: int = 8, height: int = 32, width: int = 32, *, motion: str | None = None,
+def make_clip(seed: int, num_frames: int = 8, height: int = 16, width: int = 16, *, motion: str | None = None,
               shape: str | None = None, extent_range: tuple[float, float] = (0.2, 0.45),
               size_range: tuple[float, float] = (0.25, 0.45), path: np.ndarray | None = None) -> Clip:
     """A clip drawn from the world, fully determined by ``seed`` (and any fixed choices).
@@ -181,12 +196,12 @@ def make_clip(seed: int, num_frames: int = 8, height: int = 32, width: int = 32,
     return Clip(video, centers, masks, shape, size, obj, bg, motion, {"seed": seed})
 
 
-def make_target(seed: int, height: int = 32, width: int = 32) -> Clip:
+def make_target(seed: int, height: int = 16, width: int = 16) -> Clip:
     """A still target (one frame): a new object, colour, background and position."""
     return make_clip(seed, num_frames=1, height=height, width=width, path=np.zeros((1, 2)))
 
 
-def make_batch(seed: int, batch: int, num_frames: int = 8, height: int = 32, width: int = 32) -> list[Clip]:
+def make_batch(seed: int, batch: int, num_frames: int = 8, height: int = 16, width: int = 16) -> list[Clip]:
     """``batch`` independent training clips from one step's seed (the step's seeds never repeat)."""
     return [make_clip(seed * 1000 + i, num_frames, height, width) for i in range(batch)]
 
