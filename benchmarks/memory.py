@@ -21,6 +21,11 @@ No GPU is needed. Two independent methods, which check each other:
    sizes and compared with method 1, and method 1 at the reduced sizes is compared with the CPU
    tracker point by point.
 
+Gradient checkpointing is measured three ways: none; ``unet.enable_gradient_checkpointing()``
+(diffusers checkpoints SVD's resnets and *spatial* transformer blocks only); and that plus
+:func:`checkpoint_temporal_blocks` (benchmark-only wrapper, same gradients) -- at 14x576x1024 the
+un-checkpointed temporal blocks hold most of what diffusers' checkpointing leaves.
+
 What is *not* counted by method 1: scratch buffers that kernels allocate and free inside one op
 (cuDNN / cuBLAS / oneDNN workspaces), the CUDA context (a few hundred MB) and the caching
 allocator's fragmentation -- budget a margin for them on a GPU.
@@ -28,7 +33,8 @@ allocator's fragmentation -- budget a margin for them on a GPU.
 Usage::
 
     python benchmarks/memory.py                 # full-size tables (meta accounting), ~1 min
-    python benchmarks/memory.py --validate      # + CPU measurements at reduced sizes and the fit
+    python benchmarks/memory.py --validate      # + CPU measurements at reduced sizes and the fit (bf16, ~5 min)
+    python benchmarks/memory.py --validate --validate-dtypes bf16 fp32   # the PERFORMANCE.md run, ~11 min
 """
 
 from __future__ import annotations
@@ -488,7 +494,8 @@ def main(argv=None) -> int:
     w.add_argument("--points", nargs="+", required=True)
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=DTYPES)
     p.add_argument("--validate", action="store_true", help="also measure on the CPU at reduced sizes")
-    p.add_argument("--validate-dtypes", nargs="+", default=["bf16", "fp32"], choices=DTYPES)
+    p.add_argument("--validate-dtypes", nargs="+", default=["bf16"], choices=DTYPES,
+                   help="dtypes of the CPU runs (bf16 ~5 min, fp32 another ~6 min on 1 thread)")
     p.add_argument("--validate-sizes", nargs="+", default=["4x8x16", "4x16x16", "8x16x16", "14x16x24"],
                    help="latent FxhxW (h, w multiples of 8)")
     p.add_argument("--validate-vae-sizes", nargs="+", default=["4x16x16", "4x24x24"],

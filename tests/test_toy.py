@@ -1,0 +1,247 @@
+"""The toy world, its model, benchmark and demo, as a specification.
+
+The world has exact ground truth (clips are a pure function of their seed, the tracker recovers
+the motion, every motion has the extent asked for, training and evaluation seeds never meet); the
+training script makes a loadable SVD folder with a model card and its motion code, and resumes;
+the constructed VAE is a near-identity; the benchmark's metrics score a perfect transfer as perfect
+and a leak as a leak; the benchmark and the demo run end to end; and on the bundled model the demo's
+learned motion beats the stock model's.
+
+Everything runs on one thread on a model trained for 3 steps (a module fixture, ~20 s), except the
+last test, which needs the bundled model (``src/reenact/toy/model``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reenact import models
+from reenact.embedding import MotionEmbedding
+from reenact.toy import bench, demo, train, world
+
+SIDE = 16
+
+
+# --- the world -----------------------------------------------------------------------------
+
+def test_a_clip_is_a_pure_function_of_its_seed():
+    a, b, c = world.make_clip(123), world.make_clip(123), world.make_clip(124)
+    assert torch.equal(a.video, b.video) and np.array_equal(a.centers, b.centers)
+    assert (a.shape, a.motion, a.size) == (b.shape, b.motion, b.size)
+    assert not torch.equal(a.video, c.video)
+    assert a.video.shape == (8, 3, SIDE, SIDE) and a.video.min() >= -1 and a.video.max() <= 1
+    assert np.array_equal(a.displacements, (a.centers - a.centers[:1]) / SIDE)
+
+
+def test_track_is_exact_on_the_rendered_coverage():
+    """The tracker returns the coverage-weighted centroid of the object, to float precision."""
+    for seed in range(20):
+        clip = world.make_clip(1000 + seed)
+        centres, coverage = world.track(clip.video, clip.object_color, clip.background_color)
+        m = clip.masks.double()
+        pos = torch.arange(SIDE, dtype=torch.float64) + 0.5
+        cx = (m.sum(1) * pos).sum(1) / m.sum((1, 2))
+        cy = (m.sum(2) * pos).sum(1) / m.sum((1, 2))
+        assert np.abs(centres - torch.stack([cx, cy], 1).numpy()).max() < 1e-3
+        assert np.allclose(coverage, m.sum((1, 2)).numpy(), rtol=1e-3)
+
+
+def test_track_recovers_the_true_displacements():
+    """Against the geometric path the error is the renderer's 4x supersampling: an edge snaps to a
+    quarter pixel, so a centroid can be off by up to ~0.25 px (mean ~0.1 px, < 2% of the frame)."""
+    errors = []
+    for seed in range(40):
+        for shape in world.SHAPES:
+            clip = world.make_clip(2000 + seed, shape=shape)
+            centres, _ = world.track(clip.video, clip.object_color, clip.background_color)
+            true = clip.centers - clip.centers[:1]
+            errors.append(np.abs((centres - centres[:1]) - true).max())
+    assert max(errors) < 0.3 and np.mean(errors) < 0.15, (max(errors), np.mean(errors))
+
+
+@pytest.mark.parametrize("motion", world.MOTIONS)
+def test_every_motion_has_the_extent_asked_for(motion):
+    extent = 0.3 * SIDE
+    for seed in range(20):
+        clip = world.make_clip(3000 + seed, motion=motion, extent_range=(0.3, 0.3), size_range=(0.25, 0.25))
+        path = clip.centers - clip.centers[:1]
+        reach = np.linalg.norm(path, axis=1)
+        if motion in ("line", "turn", "arc"):  # the end point is `extent` away
+            assert reach[-1] == pytest.approx(extent, rel=1e-6)
+        elif motion == "back-and-forth":  # out and back; 8 frames reach 6/7 of the turning point
+            assert reach.max() == pytest.approx(extent * 6 / 7, rel=1e-6)
+            assert reach[-1] == pytest.approx(0, abs=1e-6)
+        else:  # zigzag: three legs of extent/2 with a 90-144 degree turn between them
+            assert 0.6 * extent < reach.max() < 1.15 * extent
+        steps = np.diff(path, axis=0)
+        if motion == "line":  # straight: every step in the same direction
+            unit = steps / np.linalg.norm(steps, axis=1, keepdims=True)
+            assert np.allclose(unit, unit[0])
+        if motion == "turn":  # two legs at a right angle
+            assert abs(steps[0] @ steps[-1]) < 1e-6
+        assert clip.video.std() > 0
+
+
+def test_seed_ranges_are_disjoint_and_evaluation_stays_inside():
+    ranges = sorted(world.SEED_RANGES.values())
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(ranges, ranges[1:]))
+    lo, hi = world.SEED_RANGES["bench"]
+    refs = bench.pick_references(7)
+    assert {r.motion for r in refs} == set(world.MOTIONS)
+    for i, ref in enumerate(refs):
+        assert lo <= ref.meta["seed"] < hi
+        for t in bench.pick_targets(ref, i, 3):
+            assert lo <= t.meta["seed"] < hi
+            assert bench.color_distance(t.object_color, ref.object_color) >= bench.MIN_COLOR_DISTANCE
+    ref, targets = demo.pick_demo_clips(0)
+    lo, hi = world.SEED_RANGES["demo"]
+    assert ref.motion in demo.DEMO_MOTIONS
+    assert all(lo <= c.meta["seed"] < hi for c in [ref, *targets])
+    assert len({t.shape for t in [ref, *targets]}) == 4
+
+
+# --- the benchmark's metrics -------------------------------------------------------------------
+
+def _moved_target(reference: world.Clip) -> world.Clip:
+    """A target of another colour whose object moves along exactly the reference's path."""
+    path = reference.centers - reference.centers[:1]
+    for seed in range(world.SEED_RANGES["bench"][0] + 77, world.SEED_RANGES["bench"][0] + 177):
+        clip = world.make_clip(seed, path=path)
+        if (bench.color_distance(clip.object_color, reference.object_color) >= 1.0
+                and np.allclose(clip.centers - clip.centers[:1], path)):  # not shrunk to fit
+            return clip
+    raise AssertionError("no target found")
+
+
+def test_a_perfect_transfer_scores_perfectly_and_a_leak_is_caught():
+    ref = world.make_clip(world.SEED_RANGES["bench"][0] + 3, motion="turn", extent_range=(0.25, 0.25))
+    moved = _moved_target(ref)
+    image = moved.video[0]
+    perfect = bench.score_video(moved.video, ref, moved, image)
+    assert perfect["trajectory_cosine"] > 0.99 and perfect["direction_ok"]
+    assert perfect["magnitude_ratio"] == pytest.approx(1, abs=0.05)
+    assert perfect["first_frame_psnr"] == math.inf and perfect["no_leak"]
+
+    leaked_video, _ = world.render(moved.shape, moved.size, moved.centers, ref.object_color,
+                                   moved.background_color, SIDE, SIDE)
+    leaked = bench.score_video(leaked_video, ref, moved, image)
+    assert not leaked["no_leak"] and leaked["leak_frames"] == 8
+
+    still = bench.score_video(image[None].expand(8, -1, -1, -1), ref, moved, image)
+    assert still["trajectory_cosine"] == 0 and not still["direction_ok"]
+
+    backwards = bench.motion_metrics(ref.displacements, -ref.displacements)
+    assert backwards["trajectory_cosine"] == pytest.approx(-1) and backwards["angle_deg"] == pytest.approx(180)
+
+
+# --- the model: training script, VAE, benchmark and demo end to end ---------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``python -m reenact.toy.train`` for 3 steps (checks at 2 and 3, checkpoint at 2)."""
+    out = tmp_path_factory.mktemp("toy") / "m"
+    train.main(["--out", str(out), "--steps", "3", "--check-every", "2", "--ckpt-every", "2", "--threads", "1"])
+    torch.set_num_threads(1)
+    log = json.loads((out / "training_log.json").read_text())
+    return out, log
+
+
+def test_training_makes_a_loadable_svd_folder_with_card_and_motion_code(trained):
+    out, log = trained
+    pipe = models.load_pipeline(str(out), "cpu", torch.float32)
+    assert pipe.unet.config.num_frames == train.NUM_FRAMES
+    assert pipe.unet.config.cross_attention_dim == train.CONTEXT_DIM
+    card = (out / "README.md").read_text()
+    assert "python -m reenact.toy.train" in card and "--steps 3" in card
+    from safetensors.torch import load_file
+
+    code = load_file(str(out / "motion_code.safetensors"))
+    assert code["P"].shape == (2 * train.NUM_FRAMES, train.CONTEXT_DIM)
+    assert len(log["loss"]) == 3 and all(math.isfinite(v) for v in log["loss"])
+    assert [step for step, _ in log["swap"]] == [2, 3]
+
+
+def test_training_resumes_the_same_stream_from_its_checkpoint(trained):
+    out, log = trained
+    first_losses = list(log["loss"])
+    train.main(["--out", str(out), "--steps", "3", "--check-every", "2", "--ckpt-every", "2",
+                "--threads", "1", "--resume"])
+    torch.set_num_threads(1)
+    assert "resumed at UNet step 2" in (out.parent / "m.train-log").read_text()
+    resumed = json.loads((out / "training_log.json").read_text())["loss"]
+    assert resumed[:2] == first_losses[:2]  # restored from the checkpoint
+    assert resumed[2] == pytest.approx(first_losses[2], rel=1e-5)  # recomputed: same data, same weights
+    models.load_pipeline(str(out), "cpu", torch.float32)
+
+
+def test_the_constructed_vae_reconstructs_a_clip_above_35_db():
+    _, vae, *_ = train.build_components(0)
+    train.construct_vae(vae)
+    vae.eval()
+    clip = world.make_clip(4242).video
+    with torch.no_grad():
+        z = vae.encode(clip).latent_dist.mode()
+        rec = vae.decode(z, num_frames=clip.shape[0]).sample
+    mse = (((rec - clip) / 2) ** 2).mean().item()
+    assert 10 * math.log10(1 / mse) > 35
+
+
+def test_the_benchmark_runs_end_to_end(trained, tmp_path, capsys):
+    out, _ = trained
+    rc = bench.main(["--model", str(out), "--refs", "1", "--targets", "2", "--steps", "2", "--gen-steps", "2",
+                     "--configs", "a,e,o", "--threads", "1", "--out", str(tmp_path), "--examples", "1"])
+    torch.set_num_threads(1)
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| (e) F+1 sets, N=5" in printed and "| (o) oracle" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] and results["command"].startswith("reenact bench toy --model")
+    assert set(results["summary"]) == {"a", "e", "o"} and len(results["records"]) == 3 * 2
+    assert [v["config"] for v in results["inversions"]] == ["e"]
+    assert {"machine", "cpu_count", "torch", "threads"} <= set(results["machine"])
+    for name in ("table.md", "example_0.png", "example_0.gif"):
+        assert (tmp_path / name).is_file()
+
+
+def test_the_oracle_is_the_training_context(trained):
+    out, _ = trained
+    ref = world.make_clip(5)
+    emb = bench.oracle_embedding(str(out), ref)
+    from safetensors.torch import load_file
+
+    code = load_file(str(out / "motion_code.safetensors"))
+    disp = torch.tensor(ref.displacements, dtype=torch.float32)[None]
+    expected = train.encode_motion(disp, code)[0]  # (1, d): what training fed the UNet
+    assert emb.tensor.shape == (train.NUM_FRAMES + 1, 1, train.CONTEXT_DIM)
+    assert torch.allclose(emb.tensor, expected.expand(train.NUM_FRAMES + 1, 1, -1))
+
+
+DEMO_FILES = ["reference.mp4", "reference.gif", "motion.safetensors", "grid.gif", "grid.png",
+              *(f"{kind}_{i}.{ext}" for i in range(3) for kind, ext in
+                [("target", "png"), ("result", "mp4"), ("result", "gif")])]
+
+
+def test_the_demo_writes_everything(trained, tmp_path):
+    out, _ = trained
+    summary = demo.run_demo(tmp_path, steps=2, model=str(out), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_FILES)
+    assert MotionEmbedding.load(summary["embedding"]).tensor.shape == (train.NUM_FRAMES + 1, 5, train.CONTEXT_DIM)
+    assert -1 <= summary["motion_score"] <= 1 and -1 <= summary["baseline_score"] <= 1
+    assert summary["motion score (trajectory cosine)"].startswith(f"{summary['motion_score']:.2f} (no embedding: ")
+
+
+BUNDLED = (models.toy_model_dir() / "model_index.json").is_file()
+
+
+@pytest.mark.skipif(not BUNDLED, reason="the bundled toy model (src/reenact/toy/model) is not built yet")
+def test_on_the_bundled_model_the_learned_motion_beats_the_stock_model(tmp_path):
+    summary = demo.run_demo(tmp_path, steps=60, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_FILES)
+    # thresholds to be tuned on the final model (see the report); the brief's: >= 0.5 and +0.3
+    assert summary["motion_score"] >= 0.5, summary
+    assert summary["motion_score"] - summary["baseline_score"] >= 0.3, summary
