@@ -15,9 +15,10 @@ multiply-add; norms, activations and element-wise ops are not counted):
   split is exact (FlopCounterMode's per-*module* attribution of backward ops is unreliable --
   ModTracker credits them to the wrong modules -- so the per-module shares are taken from the
   forward; without weight gradients a linear layer's backward costs what its forward does).
-  ``--checkpointing`` adds columns with ``unet.enable_gradient_checkpointing()`` and with that
-  plus checkpointing of the temporal transformer blocks (``memory.checkpoint_temporal_blocks``;
-  the checkpointed parts of the forward are recomputed during the backward).
+  ``--checkpointing`` adds columns with ``unet.enable_gradient_checkpointing()`` and with
+  ``reenact.inversion.gradient_checkpointing`` (that plus the temporal transformer blocks: what
+  ``invert --gradient-checkpointing`` runs; the checkpointed parts of the forward are recomputed
+  during the backward).
 * **CFG generation step** = one UNet forward at batch 2 (negative + positive branch), no grad.
 
 Configurations:
@@ -62,7 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from reenact.routing import install_motion_routing
 
-from memory import checkpoint_temporal_blocks  # benchmarks/memory.py (this script's folder)
+from memory import checkpointing_mode  # benchmarks/memory.py (this script's folder)
 
 #: K/V projections of the temporal cross-attention (leaf modules in FlopCounterMode's hierarchy)
 TEMPORAL_KV = re.compile(r"\.temporal_transformer_blocks\.\d+\.attn2\.to_[kv]$")
@@ -154,17 +155,12 @@ def measure(unet, config: str, frames: int, h: int, w: int, tokens: int, checkpo
         ckpt_total = {}
         for mode in (1, 2) if checkpointing else ():
             # diffusers checkpoints whenever torch.is_grad_enabled(); eval mode as in reenact.inversion
-            unet.enable_gradient_checkpointing()
-            extra = checkpoint_temporal_blocks(unet) if mode == 2 else contextlib.nullcontext()
-            try:
-                with extra:
-                    sample, t, ehs, ids = inputs(1, frames, h, w, ctx_tokens, grad=True)
-                    f2 = counted(fwd)
-                    loss = out.pop("y").float().pow(2).mean()
-                    b2 = counted(lambda: loss.backward())
-                ckpt_total[mode] = f2.total + b2.total
-            finally:
-                unet.disable_gradient_checkpointing()
+            with checkpointing_mode(unet, mode):
+                sample, t, ehs, ids = inputs(1, frames, h, w, ctx_tokens, grad=True)
+                f2 = counted(fwd)
+                loss = out.pop("y").float().pow(2).mean()
+                b2 = counted(lambda: loss.backward())
+            ckpt_total[mode] = f2.total + b2.total
 
         # CFG generation step
         sample, t, ehs, ids = inputs(2, frames, h, w, ctx_tokens, grad=False)

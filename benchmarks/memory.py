@@ -22,9 +22,10 @@ No GPU is needed. Two independent methods, which check each other:
    tracker point by point.
 
 Gradient checkpointing is measured three ways: none; ``unet.enable_gradient_checkpointing()``
-(diffusers checkpoints SVD's resnets and *spatial* transformer blocks only); and that plus
-:func:`checkpoint_temporal_blocks` (benchmark-only wrapper, same gradients) -- at 14x576x1024 the
-un-checkpointed temporal blocks hold most of what diffusers' checkpointing leaves.
+(diffusers checkpoints SVD's resnets and *spatial* transformer blocks only); and
+``reenact.inversion.gradient_checkpointing`` -- what ``invert --gradient-checkpointing`` runs:
+diffusers' plus ``reenact.inversion.checkpoint_temporal_blocks`` (same gradients) -- at 14x576x1024
+the un-checkpointed temporal blocks hold most of what diffusers' checkpointing leaves.
 
 What is *not* counted by method 1: scratch buffers that kernels allocate and free inside one op
 (cuDNN / cuBLAS / oneDNN workspaces), the CUDA context (a few hundred MB) and the caching
@@ -57,8 +58,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from reenact.inversion import edm_denoise, edm_loss
-from reenact.routing import flatten_embedding, install_motion_routing
+from reenact.inversion import edm_denoise, edm_loss, gradient_checkpointing
+from reenact.routing import flatten_embedding, install_motion_routing, set_attention
 
 GB = 1e9
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -203,55 +204,52 @@ def param_bytes(module: torch.nn.Module) -> int:
 
 # --- workloads -------------------------------------------------------------------------------
 
-CKPT_NAMES = {0: "no", 1: "diffusers", 2: "diffusers + temporal blocks"}
+CKPT_NAMES = {0: "no", 1: "diffusers", 2: "diffusers + temporal blocks (library)"}
 
 
 @contextlib.contextmanager
-def checkpoint_temporal_blocks(unet):
-    """Also checkpoint every ``temporal_transformer_blocks.i`` (diffusers does not).
+def checkpointing_mode(unet, mode: int):
+    """0: none; 1: ``unet.enable_gradient_checkpointing()`` alone; 2: the library's
+    ``reenact.inversion.gradient_checkpointing`` (diffusers' + the temporal blocks)."""
+    if mode == 2:
+        with gradient_checkpointing(unet):
+            yield
+    elif mode == 1:
+        unet.enable_gradient_checkpointing()
+        try:
+            yield
+        finally:
+            unet.disable_gradient_checkpointing()
+    else:
+        yield
 
-    ``unet.enable_gradient_checkpointing()`` checkpoints the resnets and the *spatial* transformer
-    blocks of SVD's UNet, but ``TransformerSpatioTemporalModel`` runs its temporal block (and the
-    time mixer) outside any checkpoint, so their activations -- at 14x576x1024 the bulk of what
-    remains -- stay saved for the backward. This wraps each temporal block's forward in
-    ``torch.utils.checkpoint`` (non-reentrant) for the duration; benchmark-only, not in the library.
-    """
-    blocks = [m for n, m in unet.named_modules()
-              if n.rsplit(".", 2)[-2:-1] == ["temporal_transformer_blocks"]]
-    originals = [b.forward for b in blocks]
 
-    def wrap(fwd):
-        def forward(*args, **kwargs):
-            if torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(fwd, *args, use_reentrant=False, **kwargs)
-            return fwd(*args, **kwargs)
-        return forward
-
-    for b, f in zip(blocks, originals):
-        b.forward = wrap(f)
+@contextlib.contextmanager
+def attention_kind(unet, kind: str):
+    """``reenact.routing.set_attention`` for the duration (sdpa: diffusers' AttnProcessor2_0)."""
+    previous = set_attention(unet, kind)
     try:
-        yield len(blocks)
+        yield
     finally:
-        for b, f in zip(blocks, originals):
-            b.forward = f
+        unet.set_attn_processor(previous)
 
 
-def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens: int = 5) -> dict:
+def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens: int = 5,
+                   attention: str = "sdpa", autocast: torch.dtype | None = None) -> dict:
     """One optimisation step as ``reenact.inversion.invert`` runs it (batch 1, routing installed).
 
     The embedding is a float32 parameter ``(F+1, N, d)`` with Adam; the UNet is frozen and runs in
-    its own dtype; backward reaches the embedding only. ``checkpointing``: 0 none, 1
-    ``unet.enable_gradient_checkpointing()``, 2 that plus :func:`checkpoint_temporal_blocks`.
+    its own dtype (or under ``torch.autocast(autocast)``: CPU tensors only, meta has no autocast);
+    backward reaches the embedding only. ``checkpointing``: see :func:`checkpointing_mode`.
+    ``attention``: ``reenact.routing.set_attention``'s kind.
     """
     device = unet.device
-    if checkpointing:
-        unet.enable_gradient_checkpointing()
-    handle = install_motion_routing(unet, tokens=tokens, num_frames=frames)
     tracker = LiveBytes(ignore=tuple(unet.parameters()))
-    temporal = checkpoint_temporal_blocks(unet) if checkpointing == 2 else contextlib.nullcontext()
+    amp = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     t0 = time.perf_counter()
-    try:
-        with flash_attention(), temporal, tracker:
+    with attention_kind(unet, attention), checkpointing_mode(unet, checkpointing), \
+            install_motion_routing(unet, tokens=tokens, num_frames=frames):
+        with flash_attention(), tracker:
             param = torch.nn.Parameter(torch.randn(frames + 1, tokens, 1024, device=device) * 0.1)
             opt = torch.optim.Adam([param], lr=1e-2)
             x0 = torch.randn(1, frames, 4, h, w, device=device)
@@ -260,7 +258,8 @@ def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens
             cond = torch.randn(1, 1, 4, h, w, device=device).expand(-1, frames, -1, -1, -1)
             time_ids = torch.tensor([[6.0, 127.0, 0.02]], device=device)
             emb_flat = flatten_embedding(param)
-            denoised = edm_denoise(unet, x_s, sigma, cond, emb_flat, time_ids)
+            with amp:
+                denoised = edm_denoise(unet, x_s, sigma, cond, emb_flat, time_ids)
             loss = edm_loss(denoised, x0, sigma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -268,17 +267,15 @@ def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens
             if device.type != "meta":
                 assert torch.isfinite(param.grad).all()
             del denoised, loss
-    finally:
-        handle.remove()
-        if checkpointing:
-            unet.disable_gradient_checkpointing()
     return {"peak": tracker.peak, "seconds": time.perf_counter() - t0, "sdpa": sorted(tracker.sdpa_ops)}
 
 
-def generation_step(unet, frames: int, h: int, w: int, routing: bool, tokens: int = 5) -> dict:
+def generation_step(unet, frames: int, h: int, w: int, routing: bool, tokens: int = 5,
+                    attention: str = "sdpa") -> dict:
     """One CFG denoising step: the UNet at batch 2, no grad (routing, or stock with ``tokens``)."""
     device = unet.device
     dtype = unet.dtype
+    previous = set_attention(unet, attention)
     handle = install_motion_routing(unet, tokens=tokens, num_frames=frames) if routing else None
     tracker = LiveBytes(ignore=tuple(unet.parameters()))
     t0 = time.perf_counter()
@@ -294,6 +291,7 @@ def generation_step(unet, frames: int, h: int, w: int, routing: bool, tokens: in
     finally:
         if handle is not None:
             handle.remove()
+        unet.set_attn_processor(previous)
     return {"peak": tracker.peak, "seconds": time.perf_counter() - t0}
 
 

@@ -160,6 +160,42 @@ def test_reconstruct_prints_per_frame_psnr_and_mean(inverted, assets, model, tmp
     assert len(video.read_frames(rec)) == TINY_FRAMES
 
 
+def test_speed_flags_of_animate_change_speed_not_the_video(inverted, assets, model, tmp_path,
+                                                           capsys, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile",  # record, don't spend the compile time
+                        lambda self, *a, **kw: compiled.append(type(self).__name__))
+    runs = {}
+    for name, extra in {"default": [], "eager": ["--attention", "eager", "--compile"],
+                        "bf16 vae": ["--vae-dtype", "bf16"]}.items():
+        assert cli.main(_animate(inverted[0], assets / "blue.png", model, tmp_path / name,
+                                 "--format", "png", *extra)) == 0
+        runs[name] = torch.stack([video.image_to_tensor(f)
+                                  for f in video.read_frames(tmp_path / name / "blue")])
+    capsys.readouterr()
+    assert compiled == ["UNetSpatioTemporalConditionModel"]
+    assert (runs["eager"] - runs["default"]).abs().max() <= 2 / 255 + 1e-6  # one 8-bit level
+    assert (runs["bf16 vae"] - runs["default"]).abs().max() <= 0.1  # bf16 rounding of the decoder
+
+
+def test_invert_speed_flags_reach_the_config(assets, model, tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def record_and_stop(pipe, frames, config, **kwargs):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inversion, "invert", record_and_stop)
+    argv = _invert(assets, model, tmp_path, "--attention", "eager", "--compile",
+                   "--gradient-checkpointing", "--mixed-precision", "bf16", "--optim-size", "16x16",
+                   "--early-stop-patience", "5")
+    assert cli.main(argv) == 130
+    capsys.readouterr()
+    (config,) = seen
+    assert (config.attention, config.compile, config.gradient_checkpointing) == ("eager", True, True)
+    assert (config.mixed_precision, config.optim_size, config.early_stop_patience) == ("bf16", (16, 16), 5)
+
+
 # --- interrupt and resume -------------------------------------------------------------------
 
 def test_interrupt_exits_130_keeps_the_checkpoint_and_resume_continues(
@@ -240,6 +276,8 @@ BAD_INPUTS = {
     "cpu offload without cuda": (lambda a, m, e, o: _animate(e, a / "red.png", m, o, "--device",
                                                              "cpu", "--cpu-offload"),
                                  "--cpu-offload"),
+    "fp16 VAE on the cpu": (lambda a, m, e, o: _animate(e, a / "red.png", m, o, "--device", "cpu",
+                                                        "--vae-dtype", "fp16"), "--vae-dtype"),
     "reconstruct missing video": (lambda a, m, e, o: ["reconstruct", str(e), str(a / "nope.mp4"),
                                                       "--model", m, "-o", str(o / "r.mp4")],
                                   "nope.mp4"),

@@ -305,3 +305,86 @@ def test_previews_are_written_in_one_batched_call(pipe, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["step_000001_0.gif", "step_000001_1.gif", "step_000002_0.gif", "step_000002_1.gif"]
     assert len(res.previews) == 4
+
+
+# --- speed and memory levers -------------------------------------------------------------------
+
+def _embedding_grad(unet, num_frames: int, tokens: int = 5, seed: int = 0):
+    """d loss / d embedding of one EDM step (routing installed), and the forward calls of the
+    first temporal block's ``attn1`` made during the forward and during the backward."""
+    from reenact.inversion import edm_denoise, edm_loss
+    from reenact.routing import flatten_embedding, install_motion_routing
+
+    g = torch.Generator().manual_seed(seed)
+    dim = unet.config.cross_attention_dim
+    emb = torch.randn(num_frames + 1, tokens, dim, generator=g).requires_grad_(True)
+    x0 = torch.randn(1, num_frames, 4, 8, 8, generator=g)
+    sigma = torch.tensor([2.0])
+    x_s = x0 + sigma * torch.randn(x0.shape, generator=g)
+    cond = torch.randn(1, 1, 4, 8, 8, generator=g).expand(-1, num_frames, -1, -1, -1)
+    ids = torch.tensor([[6.0, 127.0, 0.02]])
+    block = next(m for n, m in unet.named_modules() if n.endswith("temporal_transformer_blocks.0"))
+    calls = []
+    hook = block.attn1.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with install_motion_routing(unet, tokens, num_frames):
+            loss = edm_loss(edm_denoise(unet, x_s, sigma, cond, flatten_embedding(emb), ids), x0, sigma)
+            forward_calls = len(calls)
+            (grad,) = torch.autograd.grad(loss, emb)
+    finally:
+        hook.remove()
+    return grad, forward_calls, len(calls) - forward_calls
+
+
+def test_gradient_checkpointing_recomputes_the_temporal_blocks_and_keeps_the_gradient(pipe):
+    from reenact.inversion import gradient_checkpointing
+
+    unet = pipe.unet.eval()
+    plain, fwd, bwd = _embedding_grad(unet, FRAMES)
+    assert (fwd, bwd) == (1, 0)  # without checkpointing the temporal block runs once
+    with gradient_checkpointing(unet):
+        assert unet.is_gradient_checkpointing
+        ckpt, fwd, bwd = _embedding_grad(unet, FRAMES)
+    assert (fwd, bwd) == (1, 1)  # ... with it, once more during the backward: recomputed
+    torch.testing.assert_close(ckpt, plain, rtol=1e-5, atol=1e-7)
+    # restored: diffusers' flag off, every block back on its class's forward
+    assert not unet.is_gradient_checkpointing
+    assert not [n for n, m in unet.named_modules() if "forward" in m.__dict__]
+
+
+def test_levers_change_speed_not_the_result(pipe):
+    """Checkpointing and eager attention give the same run; processors and flags are restored."""
+    processors = {n: type(p) for n, p in pipe.unet.attn_processors.items()}
+    base = invert(pipe, clip(), fast(steps=2), progress=False)
+    for lever in (dict(gradient_checkpointing=True), dict(attention="eager")):
+        res = invert(pipe, clip(), fast(steps=2, **lever), progress=False)
+        torch.testing.assert_close(res.embedding.tensor, base.embedding.tensor, rtol=1e-4, atol=1e-5)
+        assert {n: type(p) for n, p in pipe.unet.attn_processors.items()} == processors, lever
+        assert not pipe.unet.is_gradient_checkpointing
+
+
+def test_eager_attention_reaches_every_attention_layer(pipe, monkeypatch):
+    from diffusers.models.attention_processor import Attention
+
+    seen = []
+    scores = Attention.get_attention_scores
+    monkeypatch.setattr(Attention, "get_attention_scores",
+                        lambda self, *a, **kw: seen.append(self) or scores(self, *a, **kw))
+    invert(pipe, clip(), fast(steps=1, attention="eager"), progress=False)
+    attention_layers = {m for m in pipe.unet.modules() if isinstance(m, Attention)}
+    assert set(seen) == attention_layers  # self-, spatial cross- and temporal cross-attention
+
+
+def test_compile_wraps_the_unet_for_the_run_only(pipe, monkeypatch):
+    calls = []
+
+    def fake_compile(*args, **kwargs):  # torch.compile's contract without the compile time
+        def compiled(*a, **kw):
+            calls.append(1)
+            return pipe.unet._call_impl(*a, **kw)
+        pipe.unet._compiled_call_impl = compiled
+
+    monkeypatch.setattr(pipe.unet, "compile", fake_compile, raising=False)
+    invert(pipe, clip(), fast(steps=2, compile=True), progress=False)
+    assert len(calls) == 2  # every UNet call of the run went through the compiled call
+    assert pipe.unet._compiled_call_impl is None

@@ -165,3 +165,22 @@ def test_flatten_embedding_layout():
     assert flat.shape == (1, (F + 1) * N, 2)
     torch.testing.assert_close(flat[0, 2 * N : 3 * N], emb[2])  # set f = tokens f*N:(f+1)*N
     assert flatten_embedding(emb[None].repeat(2, 1, 1, 1)).shape == (2, (F + 1) * N, 2)
+
+
+def test_eager_attention_gives_the_sdpa_result(unet):
+    from reenact.routing import set_attention
+
+    emb = flatten_embedding(torch.randn(2, F + 1, N, D, generator=torch.Generator().manual_seed(4)))
+    with install_motion_routing(unet, tokens=N, num_frames=F) as handle:
+        assert handle.state.attention == "sdpa"
+        sdpa = run(unet, emb, 2)
+    previous = set_attention(unet, "eager")
+    try:
+        with install_motion_routing(unet, tokens=N, num_frames=F) as handle:
+            assert handle.state.attention == "eager"  # follows the UNet's processors
+            eager = run(unet, emb, 2)
+    finally:
+        unet.set_attn_processor(previous)
+    torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="sdpa, eager"):
+        set_attention(unet, "flash")

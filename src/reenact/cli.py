@@ -67,7 +67,7 @@ with _quiet_libraries():
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from reenact import embedding, inversion, models, video
+    from reenact import embedding, inversion, models, routing, video
     from reenact.embedding import MotionEmbedding
     from reenact.inversion import InversionConfig
 
@@ -195,13 +195,24 @@ def _model_geometry(model: str) -> tuple[int, int, int]:
 
 
 def _load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                progress: bool, cpu_offload: bool = False):
-    """``--model`` as a MotionTransferPipeline; ``progress``: its denoising bar."""
+                progress: bool, cpu_offload: bool = False, generation: bool = False):
+    """``--model`` as a MotionTransferPipeline; ``progress``: its denoising bar.
+
+    ``generation``: also apply the generation commands' speed/memory flags: ``--vae-dtype``
+    (before the offload hooks are installed), ``--attention`` and ``--compile`` (the UNet).
+    ``invert`` applies its own through :class:`InversionConfig`, for the run only.
+    """
     with _quiet_libraries():
         pipe = models.load_pipeline(args.model, "cpu" if cpu_offload else device, dtype,
                                     progress=progress)
+    if generation and args.vae_dtype:
+        pipe.vae.to(dtype=models.resolve_dtype(args.vae_dtype, device))
     if cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
+    if generation:
+        routing.set_attention(pipe.unet, args.attention)
+        if args.compile:
+            pipe.unet.compile()
     return pipe
 
 
@@ -312,6 +323,11 @@ def _check_generation_flags(args: argparse.Namespace) -> None:
              f"--noise-aug-strength must be >= 0 (got {args.noise_aug_strength})")
     _require(args.decode_chunk_size >= 1,
              f"--decode-chunk-size must be >= 1 (got {args.decode_chunk_size})")
+    if args.vae_dtype is not None:
+        try:
+            models.resolve_dtype(args.vae_dtype, models.resolve_device(args.device))
+        except ConfigError as e:
+            raise ConfigError(f"--vae-dtype: {e}") from None
     _check_size(args)
 
 
@@ -387,7 +403,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
     with _remove_new_folders_on_failure(out_dir):
         video.check_writable_dir(out_dir)
-        pipe = _load_model(args, device, dtype, progress, cpu_offload=args.cpu_offload)
+        pipe = _load_model(args, device, dtype, progress, cpu_offload=args.cpu_offload,
+                           generation=True)
         embedding.check_compatible(emb, pipe.unet, args.model, pipe.unet.config.num_frames)
         for i in range(0, len(images), args.batch_size):
             videos = _generate(pipe, emb, images[i : i + args.batch_size], gen, args)
@@ -424,7 +441,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     with _remove_new_folders_on_failure(*([output.parent] if output else [])):
         if output is not None:
             video.check_writable_output(output)
-        pipe = _load_model(args, device, dtype, progress)
+        pipe = _load_model(args, device, dtype, progress, generation=True)
         embedding.check_compatible(emb, pipe.unet, args.model, pipe.unet.config.num_frames)
         first = video.tensor_to_images(reference[:1])[0]
         result = _generate(pipe, emb, [first], gen, args, output_type="pt")[0] * 2 - 1
@@ -547,6 +564,24 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                    help="output width, a multiple of 8 (default: the embedding's, else the "
                         "model's native width)")
 
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--vae-dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="precision of the VAE (default: --dtype's). fp16 as the SVD pipeline "
+                        "does it: the image is encoded in fp32 (the VAE's force_upcast), the "
+                        "frames decoded in fp16 (half the memory of fp32); fp32 is the safe "
+                        "choice if fp16 decoding shows artefacts. No fp16 on the CPU")
+    _add_speed_flags(g)
+
+
+def _add_speed_flags(g) -> None:
+    """``--attention`` and ``--compile``: shared by invert and the generation commands."""
+    g.add_argument("--attention", choices=routing.ATTENTION_KINDS, default=_DEFAULTS.attention,
+                   help="sdpa: torch's fused scaled_dot_product_attention (diffusers' default); "
+                        "eager: diffusers' classic matmul-softmax AttnProcessor (a reference; "
+                        "it holds whole attention matrices)")
+    g.add_argument("--compile", action="store_true", default=_DEFAULTS.compile,
+                   help="torch.compile the UNet (compiles on the first step: slow to start)")
+
 
 def _add_invert(sub) -> None:
     d = _DEFAULTS
@@ -630,8 +665,9 @@ def _add_invert(sub) -> None:
                    help="autocast dtype of the UNet passes")
     g.add_argument("--gradient-checkpointing", action="store_true",
                    default=d.gradient_checkpointing,
-                   help="recompute activations in the backward pass (~50%% more compute, "
-                        "far less memory)")
+                   help="recompute activations in the backward pass, temporal blocks included "
+                        "(SVD 14x576x1024 fp16: 54.7 -> 11.0 GB, +40%% FLOPs per step)")
+    _add_speed_flags(g)
     g.add_argument("--encode-chunk-size", type=int, default=d.encode_chunk_size,
                    help="frames per VAE encode")
 

@@ -46,9 +46,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 
 import torch
 import torch.nn.functional as F_nn
@@ -64,7 +65,7 @@ from reenact.embedding import (
     unet_fingerprint,
 )
 from reenact.errors import ConfigError, InputError
-from reenact.routing import flatten_embedding, install_motion_routing
+from reenact.routing import ATTENTION_KINDS, flatten_embedding, install_motion_routing, set_attention
 
 __all__ = [
     "InversionConfig",
@@ -76,6 +77,8 @@ __all__ = [
     "edm_loss",
     "lr_at",
     "checkpoint_path",
+    "checkpoint_temporal_blocks",
+    "gradient_checkpointing",
 ]
 
 #: Decay of the loss EMA shown in the progress bar and used for early stopping (~50-step
@@ -94,7 +97,7 @@ _PRECISIONS = ("no", "fp16", "bf16")
 #: the remaining schedule then follows the new length).
 _RESUMABLE_CHANGES = frozenset({
     "steps", "checkpoint_every", "preview_every", "preview_steps", "early_stop_patience",
-    "early_stop_min_delta", "gradient_checkpointing", "encode_chunk_size",
+    "early_stop_min_delta", "gradient_checkpointing", "encode_chunk_size", "attention", "compile",
 })
 
 
@@ -141,7 +144,10 @@ class InversionConfig:
     # -- speed / memory --
     optim_size: tuple[int, int] | None = None  # (H, W) to optimise at; None = frames' size
     mixed_precision: str = "no"  # "fp16" | "bf16": torch.autocast on the device
-    gradient_checkpointing: bool = False  # unet.enable_gradient_checkpointing() (~+50% FLOPs)
+    gradient_checkpointing: bool = False  # diffusers' + the temporal blocks (gradient_checkpointing())
+    # -- +8.7% FLOPs per step at 14x576x1024, peak 54.7 -> 11.0 GB with fp16 weights (PERFORMANCE.md)
+    attention: str = "sdpa"  # "sdpa" (torch's fused kernel) | "eager" (diffusers' AttnProcessor)
+    compile: bool = False  # torch.compile the UNet for the run (Module.compile, undone afterwards)
     encode_chunk_size: int = 8  # frames per VAE encode call
 
     # -- stopping, checkpoints, previews --
@@ -169,6 +175,7 @@ class InversionConfig:
             ("sets", self.sets, _SETS),
             ("init", self.init, _INITS),
             ("mixed_precision", self.mixed_precision, _PRECISIONS),
+            ("attention", self.attention, ATTENTION_KINDS),
         ):
             need(value in allowed, f"{name} must be one of {', '.join(allowed)} (got {value!r})")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps})")
@@ -214,6 +221,7 @@ class InversionResult:
     resumed_from: int = 0  # the checkpoint's step, 0 for a fresh run
     stopped_early: bool = False
     previews: list[Path] = field(default_factory=list)
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> (F+1, N, d), see snapshot_at
 
 
 # --- the EDM maths ---------------------------------------------------------------------------
@@ -431,23 +439,88 @@ def _load_checkpoint(path: Path, config: InversionConfig, reference: dict, finge
 # --- the frozen model --------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _frozen(pipe, gradient_checkpointing: bool) -> Iterator[None]:
-    """Freeze unet/vae/image encoder for the duration; restore flags and modes afterwards."""
-    modules = [m for m in (pipe.unet, pipe.vae, getattr(pipe, "image_encoder", None)) if m is not None]
+def checkpoint_temporal_blocks(unet: torch.nn.Module) -> Iterator[int]:
+    """Checkpoint every temporal transformer block of ``unet`` too, for the duration.
+
+    ``unet.enable_gradient_checkpointing()`` makes SVD's UNet recompute its resnets and *spatial*
+    transformer blocks in the backward pass, but diffusers'
+    ``TransformerSpatioTemporalModel.forward`` calls its ``temporal_transformer_blocks`` outside
+    any checkpoint, so their activations stay saved: at 14x576x1024 with fp16 weights an inversion
+    step then still peaks at 32.3 GB, 11.0 GB with this (docs/PERFORMANCE.md). Each block's
+    ``forward`` is wrapped in ``torch.utils.checkpoint`` (non-reentrant, as diffusers does) while
+    grad is enabled; the gradients are unchanged. Yields the number of blocks wrapped; on exit
+    every block gets its own ``forward`` back.
+    """
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    blocks = [b for m in unet.modules() if isinstance(m, TransformerSpatioTemporalModel)
+              for b in m.temporal_transformer_blocks]
+    saved = [b.__dict__.get("forward") for b in blocks]  # None: the class's forward
+
+    def checkpointed(forward):
+        def run(*args, **kwargs):
+            if torch.is_grad_enabled():
+                return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+        return run
+
+    for b in blocks:
+        b.forward = checkpointed(b.forward)
+    try:
+        yield len(blocks)
+    finally:
+        for b, forward in zip(blocks, saved):
+            if forward is None:
+                del b.forward
+            else:
+                b.forward = forward
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(unet: torch.nn.Module) -> Iterator[None]:
+    """diffusers' gradient checkpointing plus :func:`checkpoint_temporal_blocks`, undone on exit.
+
+    What ``InversionConfig.gradient_checkpointing`` turns on. Leaves diffusers' flag on if it was
+    on before.
+    """
+    had = getattr(unet, "is_gradient_checkpointing", False)
+    if not had:
+        unet.enable_gradient_checkpointing()
+    try:
+        with checkpoint_temporal_blocks(unet):
+            yield
+    finally:
+        if not had:
+            unet.disable_gradient_checkpointing()
+
+
+@contextlib.contextmanager
+def _frozen(pipe, config: InversionConfig) -> Iterator[None]:
+    """Freeze unet/vae/image encoder and apply the speed levers of ``config`` for the duration.
+
+    Levers: gradient checkpointing (:func:`gradient_checkpointing`), the attention kind
+    (:func:`reenact.routing.set_attention`) and ``torch.compile`` (``Module.compile``). Flags,
+    modes, processors and the compiled call are restored afterwards.
+    """
+    unet = pipe.unet
+    modules = [m for m in (unet, pipe.vae, getattr(pipe, "image_encoder", None)) if m is not None]
     trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
-    was_training = pipe.unet.training
-    had_ckpt = getattr(pipe.unet, "is_gradient_checkpointing", False)
+    was_training = unet.training
     for m in modules:
         m.requires_grad_(False)
-    pipe.unet.eval()
-    if gradient_checkpointing and not had_ckpt:
-        pipe.unet.enable_gradient_checkpointing()
+    unet.eval()
+    processors = set_attention(unet, config.attention)
+    compiled = config.compile and getattr(unet, "_compiled_call_impl", None) is None
+    if compiled:
+        unet.compile()
     try:
-        yield
+        with gradient_checkpointing(unet) if config.gradient_checkpointing else contextlib.nullcontext():
+            yield
     finally:
-        if gradient_checkpointing and not had_ckpt:
-            pipe.unet.disable_gradient_checkpointing()
-        pipe.unet.train(was_training)
+        if compiled:
+            unet._compiled_call_impl = None
+        unet.set_attn_processor(processors)
+        unet.train(was_training)
         for p in trainable:
             p.requires_grad_(True)
 
@@ -498,6 +571,7 @@ def invert(
     preview_dir: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    snapshot_at: Collection[int] = (),
 ) -> InversionResult:
     """Optimise a motion embedding so the frozen SVD in ``pipe`` reconstructs ``frames``.
 
@@ -508,7 +582,8 @@ def invert(
     there is none), refusing with :class:`ConfigError` if it was made for another reference,
     model or settings. ``callback(step, loss)`` runs after every step (``step`` counts from 1).
     Previews of ``preview_images`` (PIL images) are written to ``preview_dir`` every
-    ``config.preview_every`` steps and at the end.
+    ``config.preview_every`` steps and at the end. ``snapshot_at``: steps after which a copy of
+    the embedding is kept in ``result.snapshots`` (the convergence benchmark scores them).
     """
     config = config or InversionConfig()
     config.validate()
@@ -553,7 +628,7 @@ def invert(
         "reference_sha256": reference["sha256"],
     }
 
-    with _frozen(pipe, config.gradient_checkpointing):
+    with _frozen(pipe, config):
         # 1. data: every VAE pass happens here, once
         size = tuple(config.optim_size) if config.optim_size else (height, width)
         banks = _latent_banks(vae, _augmented_copies(frames, size, config), config)
@@ -594,6 +669,7 @@ def invert(
         fps_id = torch.full((config.batch_size,), float(config.fps - 1), device=device)
         bucket_id = torch.full((config.batch_size,), float(config.motion_bucket_id), device=device)
         previews: list[Path] = []
+        snapshots: dict[int, torch.Tensor] = {}
         stopped_early = False
         bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="inverting", unit="step")
 
@@ -657,6 +733,8 @@ def invert(
                                                     step, config, (height, width))
                     finally:
                         routing = install_motion_routing(unet, config.tokens, num_frames)
+                if step in snapshot_at:
+                    snapshots[step] = current().detach().float().cpu().clone()
                 if callback is not None:
                     callback(step, losses[-1])
                 if config.early_stop_patience and since_best >= config.early_stop_patience:
@@ -677,4 +755,4 @@ def invert(
                                         config, (height, width))
 
     seconds = time.perf_counter() - t_start
-    return InversionResult(result, losses, step, seconds, resumed_from, stopped_early, previews)
+    return InversionResult(result, losses, step, seconds, resumed_from, stopped_early, previews, snapshots)

@@ -81,8 +81,9 @@ class MotionTransferPipeline(StableVideoDiffusionPipeline):
         SVD's ``decode_latents`` flattens the batch to ``B*F`` frames and decodes them in chunks
         of ``decode_chunk_size``; the VAE decoder's temporal layers treat a chunk as one clip, so
         a chunk that spans two videos mixes them, and a video would depend on what else is in
-        its batch.
+        its batch. The latents are cast to the VAE's dtype, which may differ from the UNet's.
         """
+        latents = latents.to(self.vae.dtype)  # the VAE may run in its own precision (--vae-dtype)
         videos = []
         for i in range(latents.shape[0]):
             videos.append(super().decode_latents(latents[i : i + 1], num_frames, decode_chunk_size))

@@ -18,8 +18,17 @@ So we pass the flattened embedding ``(B, (F+1)*N, d)`` (:func:`flatten_embedding
 stock UNet fed those ``N`` tokens — the test that pins the routing down.
 
 The temporal context is the same for every spatial position, so the temporal processor projects
-its K/V once per batch item instead of once per position (the stock path computes
-``B*H*W`` identical projections; at N = 5 that is ~15% of SVD's UNet FLOPs).
+its K/V once per batch item instead of once per position (the stock path computes ``B*H*W``
+identical projections). Measured at 14x576x1024 (``benchmarks/flops.py``, docs/PERFORMANCE.md):
+for N = 5 tokens those per-position projections are 1.2% of the UNet's forward FLOPs, so this
+saves ~1.1% against stock SVD fed 5 tokens; against the stock processors fed the whole inflated
+``(F+1)*N = 75``-token context -- the naive path, where they are 15.1% of the forward -- routing
+saves 15.0% of an inversion step.
+
+Attention itself runs through ``F.scaled_dot_product_attention`` (``attention="sdpa"``, as
+diffusers' ``AttnProcessor2_0``) or, with ``attention="eager"``, through diffusers' classic
+``AttnProcessor`` path (``get_attention_scores`` + ``bmm``: the whole attention matrix in memory).
+:func:`set_attention` switches every layer of a UNet; the routing follows what it finds.
 """
 
 from __future__ import annotations
@@ -28,9 +37,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 __all__ = [
+    "ATTENTION_KINDS",
+    "set_attention",
     "RoutingState",
     "SpatialMotionAttnProcessor",
     "TemporalMotionAttnProcessor",
@@ -40,6 +51,23 @@ __all__ = [
 ]
 
 _TEMPORAL_MARK = ".temporal_transformer_blocks."
+#: ``sdpa``: torch's fused ``scaled_dot_product_attention`` (diffusers' default for torch >= 2);
+#: ``eager``: diffusers' classic matmul-softmax ``AttnProcessor`` (materialises ``L x L``).
+ATTENTION_KINDS = ("sdpa", "eager")
+_SDPA, _EAGER = AttnProcessor2_0(), AttnProcessor()  # stateless: one instance serves all layers
+
+
+def set_attention(unet: torch.nn.Module, kind: str) -> dict:
+    """Give every attention layer of ``unet`` diffusers' ``kind`` processor; return the old ones.
+
+    ``unet.set_attn_processor(returned)`` undoes it. Install motion routing *after* this: it
+    replaces the cross-attention processors again and keeps to the same kind.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)} (got {kind!r})")
+    previous = dict(unet.attn_processors)
+    unet.set_attn_processor(AttnProcessor() if kind == "eager" else AttnProcessor2_0())
+    return previous
 
 
 @dataclass
@@ -50,13 +78,19 @@ class RoutingState:
     UNet's ``sample``, CFG included) is recorded by the UNet pre-hook on every call and refreshed
     by the spatial processor, which always runs before the temporal one of the same block.
     ``kv_once=False`` computes the temporal K/V per spatial position like stock diffusers; it
-    exists only so benchmarks can compare the two.
+    exists only so benchmarks can compare the two. ``attention``: ``"sdpa"`` or ``"eager"``.
     """
 
     num_sets: int
     tokens: int
     batch_size: int | None = None
     kv_once: bool = True
+    attention: str = "sdpa"
+
+    def attend(self, attn, hidden_states, context, attention_mask, temb) -> torch.Tensor:
+        """diffusers' own processor of the chosen kind, on the routed ``context``."""
+        processor = _EAGER if self.attention == "eager" else _SDPA
+        return processor(attn, hidden_states, context, attention_mask, temb)
 
     @property
     def num_frames(self) -> int:
@@ -80,7 +114,8 @@ class SpatialMotionAttnProcessor(AttnProcessor2_0):
 
     ``hidden_states`` is ``(B*F, L, C)`` and ``encoder_hidden_states`` ``(B*F, (F+1)*N, d)``; row
     ``b*F + f`` keeps tokens ``f*N:(f+1)*N``. The attention itself is diffusers'
-    :class:`AttnProcessor2_0`, unchanged (norm_cross, residual, rescale, masks as there).
+    :class:`AttnProcessor2_0` (:class:`AttnProcessor` for ``attention="eager"``), unchanged
+    (norm_cross, residual, rescale, masks as there).
     """
 
     def __init__(self, state: RoutingState):
@@ -105,7 +140,7 @@ class SpatialMotionAttnProcessor(AttnProcessor2_0):
         self.state.batch_size = rows // num_frames
         frame = torch.arange(rows, device=sets.device) % num_frames
         context = sets[torch.arange(rows, device=sets.device), frame]  # (B*F, N, d)
-        return super().__call__(attn, hidden_states, context, attention_mask, temb)
+        return self.state.attend(attn, hidden_states, context, attention_mask, temb)
 
 
 class TemporalMotionAttnProcessor(AttnProcessor2_0):
@@ -146,7 +181,7 @@ class TemporalMotionAttnProcessor(AttnProcessor2_0):
         )
         if not self.state.kv_once or not simple:
             # stock path: every row projects its own (identical) copy of the N tokens
-            return super().__call__(attn, hidden_states, sets[:, temporal], attention_mask, temb)
+            return self.state.attend(attn, hidden_states, sets[:, temporal], attention_mask, temb)
 
         batch = self.state.batch_size
         rows, frames, _ = hidden_states.shape
@@ -176,8 +211,11 @@ class TemporalMotionAttnProcessor(AttnProcessor2_0):
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        # like AttnProcessor2_0: SDPA's default scale (= attn.scale for SVD)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        if self.state.attention == "eager":  # as AttnProcessor: probs (B*heads, HW*F, N), bmm
+            probs = attn.get_attention_scores(query.flatten(0, 1), key.flatten(0, 1))
+            out = torch.bmm(probs, value.flatten(0, 1)).unflatten(0, (batch, attn.heads))
+        else:  # like AttnProcessor2_0: SDPA's default scale (= attn.scale for SVD)
+            out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(rows, frames, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
@@ -211,14 +249,17 @@ class RoutingHandle:
 
 
 def install_motion_routing(
-    unet: torch.nn.Module, tokens: int, num_frames: int, kv_once: bool = True
+    unet: torch.nn.Module, tokens: int, num_frames: int, kv_once: bool = True,
+    attention: str | None = None,
 ) -> RoutingHandle:
     """Route a flattened ``(B, (F+1)*N, d)`` motion embedding through ``unet``'s cross-attention.
 
     Replaces the processor of every cross-attention ``attn2``: those under
     ``temporal_transformer_blocks`` get :class:`TemporalMotionAttnProcessor`, the spatial ones
     :class:`SpatialMotionAttnProcessor`. All other processors (self-attention ``attn1``) stay as
-    they are. A forward pre-hook records the batch size of each UNet call and checks that
+    they are. ``attention`` (``"sdpa"`` | ``"eager"``) is how the routed cross-attention is
+    computed; ``None`` follows the UNet: eager if its cross-attention processors are diffusers'
+    classic ``AttnProcessor`` (e.g. after :func:`set_attention`), else SDPA. A forward pre-hook records the batch size of each UNet call and checks that
     ``sample`` has ``num_frames`` frames and the context ``(num_frames+1)*tokens`` tokens.
 
     ``enable_xformers_memory_efficient_attention()`` and ``set_default_attn_processor()`` replace
@@ -232,8 +273,13 @@ def install_motion_routing(
     """
     if tokens < 1 or num_frames < 1:
         raise ValueError(f"need tokens >= 1 and num_frames >= 1, got {tokens}, {num_frames}")
-    state = RoutingState(num_sets=num_frames + 1, tokens=tokens, kv_once=kv_once)
     original = dict(unet.attn_processors)
+    if attention is None:
+        cross = [p for n, p in original.items() if n.endswith(".attn2.processor")]
+        attention = "eager" if cross and all(type(p) is AttnProcessor for p in cross) else "sdpa"
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)} (got {attention!r})")
+    state = RoutingState(num_sets=num_frames + 1, tokens=tokens, kv_once=kv_once, attention=attention)
     spatial = SpatialMotionAttnProcessor(state)
     temporal = TemporalMotionAttnProcessor(state)
     new = {}
