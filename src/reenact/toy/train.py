@@ -284,8 +284,10 @@ It is **not** a general video model.
 
 ## Command (these weights are its output)
 ```
-{history['command']}
+{chr(10).join(history['commands'])}
 ```
+(A command with `--resume` continued the previous one's checkpoint; the learning-rate schedule
+is a function of the step and `--steps`, so the continued run follows the new, longer schedule.)
 Machine: {wall['machine']}. Wall time: VAE {wall['vae_s']:.0f} s, UNet {wall['unet_s']:.0f} s
 (total {(wall['vae_s'] + wall['unet_s']) / 60:.1f} min). Seed {args.seed}. torch {torch.__version__}.
 
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-every", type=int, default=250)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="end after this UNet step, leaving only the checkpoint (continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/../<name>.train-ckpt")
     args = p.parse_args(argv)
     if args.threads:
@@ -369,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     unet, vae, clip, scheduler, processor = build_components(args.seed)
     code = motion_code(args.seed)
     gen = torch.Generator().manual_seed(args.seed + 3)
-    history = {"loss": [], "swap": [], "command": command,
+    history = {"loss": [], "swap": [], "commands": [command],
                "params": {"unet": sum(p.numel() for p in unet.parameters()), "vae": sum(p.numel() for p in vae.parameters())}}
     wall = {"vae_s": 0.0, "unet_s": 0.0, "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"}
     start_step = 0
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         history, wall, start_step = ck["history"], ck["wall"], ck["step"]
-        history["command"] = command
+        history.setdefault("commands", [history.pop("command", "")]).append(command)
         log(f"resumed at UNet step {start_step}")
     else:
         t0 = time.time()
@@ -422,10 +426,14 @@ def main(argv: list[str] | None = None) -> None:
             unet.train()
             history["swap"].append((step + 1, res))
             log(f"swap check @ {step + 1}: " + ", ".join(f"{k}: err {a:.3f} vs {b:.3f}, change {c:.3f}" for k, (a, b, c) in res.items()))
-        if (step + 1) % args.ckpt_every == 0:
+        stopping = bool(args.stop_after) and step + 1 >= args.stop_after
+        if (step + 1) % args.ckpt_every == 0 or stopping:
             wall["unet_s"] = time.time() - t0
             atomic_save({"unet": unet.state_dict(), "vae": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                          "scaling_factor": vae.config.scaling_factor, "history": history, "wall": wall, "step": step + 1}, ckpt_path)
+        if stopping:
+            log(f"stopped after step {step + 1}; continue with --resume")
+            return
     wall["unet_s"] = time.time() - t0
 
     from diffusers import StableVideoDiffusionPipeline
@@ -438,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     pipe.save_pretrained(tmp)
     save_file(code, str(tmp / "motion_code.safetensors"))
-    (tmp / "training_log.json").write_text(json.dumps({"loss": history["loss"], "swap": history["swap"], "command": command,
+    (tmp / "training_log.json").write_text(json.dumps({"loss": history["loss"], "swap": history["swap"], "commands": history["commands"],
                                                        "wall": wall, "vae_psnr": history.get("vae_psnr")}, indent=1))
     write_model_card(tmp, args, history, wall)
     if out.exists():
