@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import sys
 import time
