@@ -293,7 +293,8 @@ Machine: {wall['machine']}. Wall time: VAE {wall['vae_s']:.0f} s, UNet {wall['un
 
 ## Data
 Clips of {NUM_FRAMES} frames at {RESOLUTION}x{RESOLUTION} px: one object (square, disc, triangle,
-diamond; side 25-45% of the frame; random colour) on a plain background of another random colour,
+diamond; side 25-45% of the frame; one of a 16-colour palette) on a plain background of another
+palette colour,
 moving in a line, an L-turn, back-and-forth, an arc or a zigzag, with the largest excursion
 20-45% of the frame. Generated on the fly from seeds in `SEED_RANGES['train']`; the benchmark and
 the demo draw from disjoint seed ranges.
