@@ -144,9 +144,10 @@ class InversionConfig:
     # -- speed / memory --
     optim_size: tuple[int, int] | None = None  # (H, W) to optimise at; None = frames' size
     mixed_precision: str = "no"  # "fp16" | "bf16": torch.autocast on the device
-    gradient_checkpointing: bool = False  # diffusers' + the temporal blocks (gradient_checkpointing())
-    # -- +8.7% FLOPs per step at 14x576x1024, peak 54.7 -> 11.0 GB with fp16 weights (PERFORMANCE.md)
-    attention: str = "sdpa"  # "sdpa" (torch's fused kernel) | "eager" (diffusers' AttnProcessor)
+    gradient_checkpointing: bool = False  # diffusers' + the temporal blocks (gradient_checkpointing());
+    # SVD at 14x576x1024, fp16 weights: peak 54.7 -> 11.0 GB, +40% FLOPs per step (PERFORMANCE.md)
+    attention: str = "sdpa"  # "sdpa" (torch's fused kernel) | "eager" (diffusers' AttnProcessor);
+    # set on every attention layer for the run (other processors, e.g. xformers', are restored after)
     compile: bool = False  # torch.compile the UNet for the run (Module.compile, undone afterwards)
     encode_chunk_size: int = 8  # frames per VAE encode call
 
