@@ -240,8 +240,17 @@ BUNDLED = (models.toy_model_dir() / "model_index.json").is_file()
 
 @pytest.mark.skipif(not BUNDLED, reason="the bundled toy model (src/reenact/toy/model) is not built yet")
 def test_on_the_bundled_model_the_learned_motion_beats_the_stock_model(tmp_path):
-    summary = demo.run_demo(tmp_path, steps=60, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_FILES)
-    # thresholds to be tuned on the final model (see the report); the brief's: >= 0.5 and +0.3
-    assert summary["motion_score"] >= 0.5, summary
-    assert summary["motion_score"] - summary["baseline_score"] >= 0.3, summary
+    """The reduced demo (60 inversion steps) on two demo references (a turn and an arc).
+
+    Measured when the bundled model was made: 0.97 vs 0.65 (no embedding) and 0.87 vs -0.35.
+    The stock model's own motion happens to resemble the first reference, so the margin is
+    asserted on average and each learned score must beat its baseline.
+    """
+    margins = []
+    for seed in (0, 1):
+        summary = demo.run_demo(tmp_path / str(seed), steps=60, seed=seed, progress=False)
+        assert sorted(p.name for p in (tmp_path / str(seed)).iterdir()) == sorted(DEMO_FILES)
+        assert summary["motion_score"] >= 0.8, summary
+        assert summary["motion_score"] > summary["baseline_score"] + 0.2, summary
+        margins.append(summary["motion_score"] - summary["baseline_score"])
+    assert sum(margins) / len(margins) >= 0.5, margins
