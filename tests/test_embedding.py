@@ -154,3 +154,20 @@ def test_other_initialisations():
     assert init_zeros(F, N, D).abs().sum() == 0 and init_zeros(F, N, D).shape == (F + 1, N, D)
     rnd = init_random(F, N, D, std=2.0, generator=torch.Generator().manual_seed(0))
     assert rnd.shape == (F + 1, N, D) and 1.5 < float(rnd.std()) < 2.5
+
+
+def test_a_saved_embedding_is_readable_by_others_like_any_plain_file(tmp_path):
+    """safetensors writes 0600; an embedding gets the mode a plain open() would give it."""
+    import os
+    import stat
+
+    import torch
+
+    from reenact.embedding import MotionEmbedding
+
+    old = os.umask(0o022)
+    try:
+        path = MotionEmbedding(torch.zeros(3, 2, 4), {}).save(tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

@@ -62,6 +62,17 @@ _FINGERPRINT_KEYS = (
 )
 
 
+def _plain_permissions(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (0666 minus the umask).
+
+    safetensors' writer creates files 0600, which makes an embedding shared on a team machine
+    (or installed system-wide) unreadable to everyone but its author.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 @dataclass
 class MotionEmbedding:
     """A learned motion: ``tensor`` ``(F+1, N, d)`` (float32, CPU) and its ``metadata``.
@@ -128,6 +139,7 @@ class MotionEmbedding:
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             save_file({TENSOR_NAME: self.tensor}, str(tmp), metadata=meta)
+            _plain_permissions(tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     pipe.save_pretrained(tmp)
     save_file(code, str(tmp / "motion_code.safetensors"))
+    os.chmod(tmp / "motion_code.safetensors", 0o644)  # safetensors writes 0600
     (tmp / "training_log.json").write_text(json.dumps({"loss": history["loss"], "swap": history["swap"], "commands": history["commands"],
                                                        "wall": wall, "vae_psnr": history.get("vae_psnr")}, indent=1))
     write_model_card(tmp, args, history, wall)
