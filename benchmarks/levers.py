@@ -12,7 +12,8 @@ Two measurements per lever, each against its baseline (every lever off, fp32 wei
   Euler steps with CFG + VAE decode, 1 image) after one warm-up call. All levers run
   back-to-back in one process and the rounds interleave them (A B C .. A B C ..), so load from
   other processes falls on all alike; the medians pool all rounds. "first" is the wall time of
-  the first step / call of round 1 (compile time shows there).
+  the first step / call of round 1 (compile time shows there; inductor's cache is a fresh
+  temporary folder, so it is a compile from scratch).
 * **Full-size peak memory** -- ``benchmarks/memory.py``'s live-tensor accounting on the meta
   device with the configuration of ``stabilityai/stable-video-diffusion-img2vid``:
   14x576x1024, N = 5. Inversion: UNet weights + peak of one step (fwd + bwd to the embedding +
@@ -37,6 +38,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -73,11 +75,14 @@ INVERSION = [
     Lever("eager attention", "--attention eager", "inversion", {"attention": "eager"},
           {"attention": "eager"}, "diffusers' AttnProcessor: L x L score matrices"),
     Lever("torch.compile", "--compile", "inversion", {"compile": True}, None,
-          "first step = compile time"),
+          "first step = compile time (empty inductor cache)"),
     Lever("lower optimisation size", "--optim-size 320x576", "inversion", {"optim_size": "half"},
           {"size": OPTIM}, "toy: 8x8 for its 16x16; full size: 14x320x576 for 576x1024"),
     Lever("early stop", "--early-stop-patience K", "inversion", None, None,
           "per-step cost unchanged; ends the run when the loss EMA stalls for K steps"),
+    Lever("autocast + checkpointing", "--mixed-precision bf16 --gradient-checkpointing", "inversion",
+          {"mixed_precision": "bf16", "gradient_checkpointing": True}, {"autocast": True, "ckpt": 2},
+          "fp32 weights"),
     Lever("fp16 + checkpointing", "--dtype fp16 --gradient-checkpointing", "inversion",
           {"dtype": "bf16", "gradient_checkpointing": True}, {"dtype": "bf16", "ckpt": 2},
           "the 24 GB configuration (toy: bf16)"),
@@ -103,7 +108,7 @@ GENERATION = [
     Lever("eager attention", "--attention eager", "generation", {"attention": "eager"},
           {"attention": "eager"}, ""),
     Lever("torch.compile", "--compile", "generation", {"compile": True}, None,
-          "first call = compile time"),
+          "first call = compile time (empty inductor cache)"),
     Lever("batched previews", "invert --preview IMG x4", "generation", {"images": 4}, None,
           "4 images in one pipeline call; time per image (4 separate calls: the baseline)"),
     Lever("fp16, offload, chunk 2", "--dtype fp16 --cpu-offload --decode-chunk-size 2",
@@ -147,12 +152,13 @@ def time_inversion(pipe, frames, spec: dict, steps: int) -> list[float]:
 
 def time_generation(pipe, image, emb, spec: dict, calls: int, gen_steps: int) -> list[float]:
     """Seconds per image of ``calls`` pipeline calls (entry 0: the first call)."""
-    images = [image] * spec.get("images", 1)
+    images = image.expand(spec.get("images", 1), -1, -1, -1)  # (n, 3, H, W) in [0, 1]
     out = []
     with generation_levers(pipe, spec):
         for _ in range(calls):
             t0 = time.perf_counter()
             pipe(images, motion_embedding=emb, num_inference_steps=gen_steps,
+                 height=image.shape[-2], width=image.shape[-1],
                  decode_chunk_size=spec.get("decode_chunk", 8), output_type="pt",
                  generator=torch.Generator().manual_seed(0))
             out.append((time.perf_counter() - t0) / len(images))
@@ -294,6 +300,8 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(1)
     t_start = time.perf_counter()
+    # compile from scratch: an inductor cache left by an earlier run would hide the compile time
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="levers-inductor-")
 
     fit = autocast_fit(args) if args.autocast_fit else None
     toy = {} if args.no_toy else toy_times(args)
