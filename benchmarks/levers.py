@@ -32,9 +32,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -301,7 +303,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     # compile from scratch: an inductor cache left by an earlier run would hide the compile time
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="levers-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="levers-inductor-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
 
     fit = autocast_fit(args) if args.autocast_fit else None
     toy = {} if args.no_toy else toy_times(args)
