@@ -394,7 +394,7 @@ def _make_optimizer(param: torch.nn.Parameter, config: InversionConfig) -> torch
 
 # --- checkpoints -------------------------------------------------------------------------------
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
+def atomic_torch_save(obj: dict, path: Path) -> None:
     """``torch.save`` to ``path.tmp-<pid>`` in the same folder, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -714,7 +714,7 @@ def invert(
 
                 # checkpoint, preview, callback, early stop
                 if ckpt_file is not None and due(config.checkpoint_every):
-                    _atomic_torch_save({
+                    atomic_torch_save({
                         "version": CHECKPOINT_VERSION,
                         "step": step,
                         "embedding": param.detach().cpu().clone(),

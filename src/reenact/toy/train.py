@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reenact.inversion import atomic_torch_save
 from reenact.toy.world import make_batch, make_clip
 
 NUM_FRAMES = 8
@@ -105,12 +106,6 @@ def batch_tensors(seed: int, step: int, batch: int):
     masks = torch.stack([c.masks for c in clips])
     disp = torch.tensor(np.stack([c.displacements for c in clips]), dtype=torch.float32)
     return video, masks, disp
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def edm_precond(sigma: torch.Tensor):
@@ -430,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         stopping = bool(args.stop_after) and step + 1 >= args.stop_after
         if (step + 1) % args.ckpt_every == 0 or stopping:
             wall["unet_s"] = time.time() - t0
-            atomic_save({"unet": unet.state_dict(), "vae": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+            atomic_torch_save({"unet": unet.state_dict(), "vae": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                          "scaling_factor": vae.config.scaling_factor, "history": history, "wall": wall, "step": step + 1}, ckpt_path)
         if stopping:
             log(f"stopped after step {step + 1}; continue with --resume")
