@@ -50,6 +50,10 @@ def assets(tmp_path_factory):
                                             .numpy().tobytes())
     MotionEmbedding(torch.randn(TINY_FRAMES + 1, TOKENS, TINY_DIM // 2)).save(d / "wrong_d.safetensors")
     MotionEmbedding(torch.randn(TINY_FRAMES + 3, TOKENS, TINY_DIM)).save(d / "wrong_f.safetensors")
+    good = torch.randn(TINY_FRAMES + 1, TOKENS, TINY_DIM)
+    MotionEmbedding(good, {"height": 10**6, "width": 10**6}).save(d / "huge_size.safetensors")
+    MotionEmbedding(good, {"height": 256, "width": 256}).save(d / "too_big.safetensors")  # 8x
+    MotionEmbedding(torch.full_like(good, float("nan"))).save(d / "nan.safetensors")
     (d / "blocker").write_text("a regular file where a folder is expected\n")
     return d
 
@@ -266,6 +270,13 @@ BAD_INPUTS = {
     "embedding of another F": (lambda a, m, e, o: _animate(a / "wrong_f.safetensors",
                                                            a / "red.png", m, o),
                                "wrong_f.safetensors"),
+    "embedding claiming a huge size": (lambda a, m, e, o: _animate(a / "huge_size.safetensors",
+                                                                   a / "red.png", m, o),
+                                       "huge_size.safetensors"),
+    "embedding sized far beyond the model": (lambda a, m, e, o: _animate(
+        a / "too_big.safetensors", a / "red.png", m, o), "too_big.safetensors"),
+    "embedding with NaN": (lambda a, m, e, o: _animate(a / "nan.safetensors", a / "red.png", m, o),
+                           "nan.safetensors"),
     "animate output under a file": (lambda a, m, e, o: _animate(e, a / "red.png", m,
                                                                 a / "blocker" / "out"), "blocker"),
     "animate steps 0": (lambda a, m, e, o: _animate(e, a / "red.png", m, o, "--steps", "0"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import PIL.Image
@@ -12,6 +13,8 @@ from safetensors.torch import save_file
 
 from reenact.embedding import (
     FORMAT_VERSION,
+    LIMITS,
+    check_recorded_size,
     MotionEmbedding,
     check_compatible,
     clip_image_embeddings,
@@ -171,3 +174,94 @@ def test_a_saved_embedding_is_readable_by_others_like_any_plain_file(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+# ---------------------------------------------------------------- what a file may claim
+
+
+def test_non_finite_embeddings_are_refused_on_load(tmp_path):
+    for bad in (float("nan"), float("inf")):
+        tensor = torch.zeros(F + 1, N, D)
+        tensor[2, 1, 5] = bad
+        path = MotionEmbedding(tensor).save(tmp_path / "diverged.safetensors")
+        with pytest.raises(EmbeddingError, match=r"diverged.safetensors contains 1 non-finite"):
+            MotionEmbedding.load(path)
+
+
+@pytest.mark.parametrize("shape, claim", [
+    ((LIMITS["num_frames"] + 2, 1, 4), "num_frames"),
+    ((2, LIMITS["tokens"] + 1, 4), "tokens"),
+    ((2, 1, LIMITS["dim"] + 1), "dim"),
+])
+def test_counts_beyond_the_limits_are_refused_before_the_tensor_is_read(tmp_path, shape, claim,
+                                                                        monkeypatch):
+    path = tmp_path / "big.safetensors"
+    save_file({"motion_embedding": torch.zeros(shape)}, str(path))
+    import safetensors
+
+    read = []  # the tensor must not be read (allocated) once its header is out of bounds
+    real_open = safetensors.safe_open
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self._fh = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self._inner = self._fh.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._fh.__exit__(*exc)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self._inner.get_tensor(name)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr("reenact.embedding.safe_open", Spy)
+    with pytest.raises(EmbeddingError, match=rf"big.safetensors claims {claim}="):
+        MotionEmbedding.load(path)
+    assert read == []
+
+
+def test_integer_tensors_are_refused(tmp_path):
+    path = tmp_path / "ints.safetensors"
+    save_file({"motion_embedding": torch.zeros(F + 1, N, D, dtype=torch.int64)}, str(path))
+    with pytest.raises(EmbeddingError, match="floating point"):
+        MotionEmbedding.load(path)
+
+
+@pytest.mark.parametrize("metadata, named", [
+    ({"height": 10**9, "width": 32}, "height=1000000000"),
+    ({"height": 32, "width": -8}, "width=-8"),
+    ({"height": 36, "width": 32}, "height=36"),  # not a multiple of 8
+    ({"height": "32", "width": 32}, "height='32'"),
+    ({"fps": float("inf")}, "fps=inf"),
+    ({"motion_bucket_id": 10**12}, "motion_bucket_id"),
+    ({"noise_aug_strength": float("nan")}, "noise_aug_strength=nan"),
+])
+def test_recorded_sizes_and_conditioning_are_bounded_on_load(tmp_path, metadata, named):
+    path = make_embedding(**metadata).save(tmp_path / "forged.safetensors")
+    with pytest.raises(EmbeddingError, match=re.escape(named)) as err:
+        MotionEmbedding.load(path)
+    assert "forged.safetensors" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sensible_recorded_values_load(tmp_path):
+    meta = {"height": 576, "width": 1024, "fps": 7, "motion_bucket_id": 127,
+            "noise_aug_strength": 0.02, "final_loss": float("nan")}  # informational: kept
+    loaded = MotionEmbedding.load(make_embedding(**meta).save(tmp_path / "ok.safetensors"))
+    assert loaded.metadata["height"] == 576 and loaded.metadata["fps"] == 7
+
+
+def test_recorded_size_is_checked_against_the_model():
+    check_recorded_size(make_embedding(height=576, width=1024), 576, 1024)
+    check_recorded_size(make_embedding(height=1024, width=576), 576, 1024)  # portrait
+    check_recorded_size(make_embedding(height=2048, width=2048), 576, 1024)  # 2x: allowed
+    check_recorded_size(make_embedding(), 32, 32)  # nothing recorded
+    with pytest.raises(EmbeddingError, match=r"records a size 4096x4096, more than 2x this model's native 576x1024"):
+        check_recorded_size(make_embedding(height=4096, width=4096), 576, 1024)
+    with pytest.raises(EmbeddingError, match="native 32x32"):
+        check_recorded_size(make_embedding(height=32, width=256), 32, 32)

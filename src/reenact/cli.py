@@ -337,8 +337,9 @@ def _generation(args: argparse.Namespace, emb: MotionEmbedding) -> _Generation:
         return flag if flag is not None else _meta_number(emb, key)
 
     height, width = pick("height"), pick("width")
-    if height is None or width is None:
+    if args.height is None or args.width is None:  # a size from the file, or the model's
         _, native_h, native_w = _model_geometry(args.model)
+        embedding.check_recorded_size(emb, native_h, native_w)  # before anything is sized by it
         height, width = height or native_h, width or native_w
     _require(height % 8 == 0 and width % 8 == 0,
              f"{emb.name} records a size {height}x{width} that is not a multiple of 8; "

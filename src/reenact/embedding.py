@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ __all__ = [
     "MotionEmbedding",
     "unet_fingerprint",
     "check_compatible",
+    "check_recorded_size",
+    "LIMITS",
     "clip_image_embeddings",
     "init_from_clip",
     "init_random",
@@ -45,6 +48,27 @@ _VERSION_KEY = "format_version"
 _JSON_KEYS = "json_keys"  # JSON list of the keys whose values are JSON-encoded
 # metadata that restates the tensor's shape; always set from the tensor
 _SHAPE_KEYS = ("num_frames", "tokens", "dim")
+
+#: What a file may claim, checked on load before the tensor is read (nothing is allocated from
+#: an unchecked number). Generous for every SVD-family model (SVD: F = 14 or 25, d = 1024,
+#: 576x1024; the paper uses N <= 16 tokens) while keeping a hostile or corrupt header from
+#: making ``animate`` allocate without bound: 4096 px per side is 28x SVD's pixel count.
+LIMITS: dict[str, int] = {
+    "num_frames": 256,  # F
+    "tokens": 1024,  # N
+    "dim": 16384,  # d
+    "side": 4096,  # recorded height / width, pixels
+}
+#: A recorded generation size may exceed the model's native side by at most this factor
+#: (checked against the model by :func:`check_recorded_size`).
+MAX_SIZE_FACTOR = 2
+# metadata that drives generation: must be finite numbers in these (inclusive) ranges when
+# present. Other metadata is informational and kept as recorded.
+_NUMERIC_META = {
+    "fps": (1, 1000),
+    "motion_bucket_id": (0, 1023),
+    "noise_aug_strength": (0.0, 10.0),
+}
 
 # UNet config keys that decide whether an embedding learned on one UNet fits another
 _FINGERPRINT_KEYS = (
@@ -156,13 +180,17 @@ class MotionEmbedding:
                 raw = dict(fh.metadata() or {})
                 if TENSOR_NAME not in fh.keys():
                     raise EmbeddingError(f"{path} has no tensor named '{TENSOR_NAME}'")
-                tensor = fh.get_tensor(TENSOR_NAME)
+                tensor_slice = fh.get_slice(TENSOR_NAME)
+                _check_shape(tuple(tensor_slice.get_shape()), str(tensor_slice.get_dtype()), path)
+                tensor = fh.get_tensor(TENSOR_NAME)  # only now: the shape is bounded
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EmbeddingError(f"{path} is not a motion embedding (.safetensors) file: {reason}") from None
-        if tensor.ndim != 3 or tensor.shape[0] < 2:
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
             raise EmbeddingError(
-                f"{path}: motion embedding must be (F+1, N, d), got {tuple(tensor.shape)}"
+                f"{path} contains {bad} non-finite values (NaN or inf): the inversion that wrote "
+                "it diverged; invert again (e.g. with a lower --lr)"
             )
         metadata = _decode_metadata(raw, path)
         version = metadata.pop(_VERSION_KEY, 1)
@@ -173,7 +201,70 @@ class MotionEmbedding:
             )
         for key in _SHAPE_KEYS:
             metadata.pop(key, None)  # restated from the tensor by __post_init__
+        _check_generation_metadata(metadata, path)
         return cls(tensor=tensor, metadata=metadata, path=path)
+
+
+def _check_shape(shape: tuple[int, ...], dtype: str, path: Path) -> None:
+    """Refuse a tensor header that is not ``(F+1, N, d)`` of floats within :data:`LIMITS`."""
+    if len(shape) != 3 or shape[0] < 2:
+        raise EmbeddingError(f"{path}: motion embedding must be (F+1, N, d), got {shape}")
+    if dtype.upper() not in ("F16", "BF16", "F32", "F64"):
+        raise EmbeddingError(f"{path}: motion embedding must be floating point, got {dtype}")
+    claimed = {"num_frames": shape[0] - 1, "tokens": shape[1], "dim": shape[2]}
+    for key, value in claimed.items():
+        if not 1 <= value <= LIMITS[key]:
+            raise EmbeddingError(
+                f"{path} claims {key}={value}, outside 1..{LIMITS[key]}; the file is corrupt "
+                "or not a motion embedding"
+            )
+
+
+def _check_generation_metadata(metadata: dict[str, object], path: Path) -> None:
+    """Refuse recorded sizes and micro-conditioning that no generation could use.
+
+    ``height``/``width`` must be multiples of 8 in ``8..LIMITS['side']``; ``fps``,
+    ``motion_bucket_id`` and ``noise_aug_strength`` finite numbers in their ranges. Checked on
+    load, so nothing downstream sizes a buffer from an unchecked number.
+    """
+    for key in ("height", "width"):
+        if key not in metadata:
+            continue
+        value = metadata[key]
+        if (not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= LIMITS["side"]
+                or value % 8):
+            raise EmbeddingError(
+                f"{path} records {key}={value!r}; a size must be a multiple of 8 in "
+                f"8..{LIMITS['side']}: the file is corrupt (pass --height and --width, or invert again)"
+            )
+    for key, (low, high) in _NUMERIC_META.items():
+        if key not in metadata:
+            continue
+        value = metadata[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or not low <= value <= high:
+            raise EmbeddingError(
+                f"{path} records {key}={value!r}, outside {low}..{high}: the file is corrupt "
+                f"(pass --{key.replace('_', '-')}, or invert again)"
+            )
+
+
+def check_recorded_size(emb: MotionEmbedding, native_height: int, native_width: int) -> None:
+    """Refuse a recorded generation size far beyond the model's native ``H x W``.
+
+    A size from a file is only used when the user gave none, so a file learned (or forged) at
+    a size the model was never meant for would silently make generation allocate many times
+    the model's memory. Each side may be at most :data:`MAX_SIZE_FACTOR` times the model's
+    larger native side; call this before any buffer is sized from the recorded values.
+    """
+    limit = MAX_SIZE_FACTOR * max(native_height, native_width)
+    height, width = emb.metadata.get("height"), emb.metadata.get("width")
+    sides = [v for v in (height, width) if isinstance(v, int)]
+    if sides and max(sides) > limit:
+        raise EmbeddingError(
+            f"{emb.name} records a size {height}x{width}, more than {MAX_SIZE_FACTOR}x this "
+            f"model's native {native_height}x{native_width}; pass --height and --width"
+        )
 
 
 def _decode_metadata(raw: dict[str, str], path: Path) -> dict[str, object]:
