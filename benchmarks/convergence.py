@@ -23,6 +23,7 @@ import torch
 
 from reenact.inversion import InversionConfig, invert
 from reenact.embedding import MotionEmbedding
+from reenact import models
 from reenact import video as vio
 from reenact.toy import bench
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     snaps = sorted(s for s in set(args.snapshots) if s <= args.max_steps)
-    pipe = bench.load_quietly(args.model)
+    pipe = models.load_pipeline(args.model, "cpu")
     num_frames = pipe.unet.config.num_frames
     refs = bench.pick_references(args.refs)
     targets = [bench.pick_targets(r, i, args.targets) for i, r in enumerate(refs)]

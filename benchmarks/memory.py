@@ -58,7 +58,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from reenact.inversion import edm_denoise, edm_loss, gradient_checkpointing
+from reenact.edm import denoise as edm_denoise
+from reenact.edm import loss as edm_loss
+from reenact.inversion import gradient_checkpointing
 from reenact.routing import flatten_embedding, install_motion_routing, set_attention
 
 GB = 1e9

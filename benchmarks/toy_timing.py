@@ -17,9 +17,12 @@ import time
 
 import torch
 
+from reenact import models
 from reenact import video as vio
 from reenact.embedding import init_random
-from reenact.inversion import InversionConfig, edm_denoise, edm_loss, invert
+from reenact.edm import denoise as edm_denoise
+from reenact.edm import loss as edm_loss
+from reenact.inversion import InversionConfig, invert
 from reenact.routing import flatten_embedding, install_motion_routing
 from reenact.toy import bench
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    pipe = bench.load_quietly(args.model)
+    pipe = models.load_pipeline(args.model, "cpu")
     load_s = time.perf_counter() - t0
     frames = pipe.unet.config.num_frames
     ref = bench.pick_references(1)[0]

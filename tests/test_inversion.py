@@ -17,13 +17,13 @@ from safetensors import safe_open
 from reenact import models
 from reenact.embedding import FORMAT_VERSION, MotionEmbedding
 from reenact.errors import ConfigError
+from reenact.edm import denoise as edm_denoise
+from reenact.edm import loss as edm_loss
+from reenact.edm import loss_weight as edm_loss_weight
+from reenact.edm import preconditioning as edm_preconditioning
 from reenact.inversion import (
     InversionConfig,
     checkpoint_path,
-    edm_denoise,
-    edm_loss,
-    edm_loss_weight,
-    edm_preconditioning,
     invert,
     lr_at,
 )
@@ -312,7 +312,6 @@ def test_previews_are_written_in_one_batched_call(pipe, tmp_path):
 def _embedding_grad(unet, num_frames: int, tokens: int = 5, seed: int = 0):
     """d loss / d embedding of one EDM step (routing installed), and the forward calls of the
     first temporal block's ``attn1`` made during the forward and during the backward."""
-    from reenact.inversion import edm_denoise, edm_loss
     from reenact.routing import flatten_embedding, install_motion_routing
 
     g = torch.Generator().manual_seed(seed)

@@ -20,56 +20,26 @@ import importlib
 import importlib.util
 import inspect
 import json
-import math
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from reenact.errors import ConfigError, ModelNotFoundError, ReenactError
+from reenact.quiet import quiet_libraries
 
 __all__ = ["main", "build_parser"]
 
 
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence diffusers/transformers/hub warnings and loading bars for the duration.
-
-    Their notes (e.g. "install accelerate", "torchvision not installed", hub retries) are not
-    the user's problem and would bury our one-line messages; our own bars (inversion,
-    denoising) and download bars stay. Restored on exit, so library users and tests calling
-    :func:`main` keep their settings.
-    """
-    from diffusers.utils import logging as d_log
-    from huggingface_hub.utils import logging as h_log
-    from transformers.utils import logging as t_log
-
-    saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (d_log, t_log)]
-    hub_verbosity = h_log.get_verbosity()
-    for log, _, _ in saved:
-        log.set_verbosity_error()
-        log.disable_progress_bar()
-    h_log.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for log, verbosity, bars in saved:
-            log.set_verbosity(verbosity)
-            (log.enable_progress_bar if bars else log.disable_progress_bar)()
-        h_log.set_verbosity(hub_verbosity)
-
-
 # transformers warns once, at import, when torchvision is missing (its PIL fallback is fine)
-with _quiet_libraries():
+with quiet_libraries():
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
     from reenact import embedding, inversion, models, routing, video
     from reenact.embedding import MotionEmbedding
     from reenact.inversion import InversionConfig
+    from reenact.metrics import frame_psnr
 
 _DEFAULTS = InversionConfig()
 # StableVideoDiffusionPipeline.__call__'s keyword defaults: steps, guidance, fps, bucket, ...
@@ -171,7 +141,7 @@ def _model_geometry(model: str) -> tuple[int, int, int]:
 
     source = _model_source(model)
     try:
-        with _quiet_libraries():
+        with quiet_libraries():
             unet = UNetSpatioTemporalConditionModel.load_config(source, subfolder="unet")
             vae = AutoencoderKLTemporalDecoder.load_config(source, subfolder="vae")
     except (OSError, ValueError) as e:
@@ -202,9 +172,8 @@ def _load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     (before the offload hooks are installed), ``--attention`` and ``--compile`` (the UNet).
     ``invert`` applies its own through :class:`InversionConfig`, for the run only.
     """
-    with _quiet_libraries():
-        pipe = models.load_pipeline(args.model, "cpu" if cpu_offload else device, dtype,
-                                    progress=progress)
+    pipe = models.load_pipeline(args.model, "cpu" if cpu_offload else device, dtype,
+                                progress=progress)
     if generation and args.vae_dtype:
         pipe.vae.to(dtype=models.resolve_dtype(args.vae_dtype, device))
     if cpu_offload:
@@ -414,12 +383,6 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in ``[-1, 1]``, measured on the ``[0, 1]`` scale (peak 1)."""
-    mse = (((a.float() - b.float()) / 2) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
-
-
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """``reenact reconstruct``: the paper's diagnostic, the reference redone from its first frame."""
     progress = not args.no_progress
@@ -449,7 +412,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if output is not None:
             video.write_video(result, output, fps=gen.fps)
 
-    scores = [_psnr(result[f].cpu(), reference[f]) for f in range(reference.shape[0])]
+    scores = frame_psnr(result.cpu(), reference)
     print(f"PSNR of the reconstruction to {Path(args.video).name} (pixels, dB):")
     for f, score in enumerate(scores):
         print(f"frame {f}: {score:.2f}")

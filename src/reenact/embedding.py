@@ -20,9 +20,10 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
     _resize_with_antialiasing,
 )
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .errors import EmbeddingError, InputError
+from .files import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -86,17 +87,6 @@ _FINGERPRINT_KEYS = (
 )
 
 
-def _plain_permissions(path: Path) -> None:
-    """Give ``path`` the mode a plain ``open()`` would (0666 minus the umask).
-
-    safetensors' writer creates files 0600, which makes an embedding shared on a team machine
-    (or installed system-wide) unreadable to everyone but its author.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 @dataclass
 class MotionEmbedding:
     """A learned motion: ``tensor`` ``(F+1, N, d)`` (float32, CPU) and its ``metadata``.
@@ -144,7 +134,7 @@ class MotionEmbedding:
         return self.path.name if self.path is not None else "the motion embedding"
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a ``.safetensors`` file atomically (temp file in the same folder, then rename).
+        """Write a ``.safetensors`` file atomically (:func:`reenact.files.atomic_write`).
 
         Metadata values are strings; non-strings are JSON-encoded and listed under
         ``json_keys`` so :meth:`load` decodes exactly those.
@@ -159,14 +149,9 @@ class MotionEmbedding:
                 meta[str(key)] = json.dumps(value)
                 encoded.append(str(key))
         meta[_JSON_KEYS] = json.dumps(encoded)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file({TENSOR_NAME: self.tensor}, str(tmp), metadata=meta)
-            _plain_permissions(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        data = safetensors_bytes({TENSOR_NAME: self.tensor}, metadata=meta)
+        with atomic_write(path) as tmp:  # a full disk: WriteError, no partial file
+            tmp.write_bytes(data)
         return path
 
     @classmethod

@@ -28,3 +28,10 @@ class EmbeddingError(ReenactError):
 
 class ConfigError(ReenactError):
     """A setting is out of range (non-positive steps, lr, ...)."""
+
+
+class WriteError(InputError, OSError):
+    """A result could not be written (full disk, no permission); nothing partial was left.
+
+    Also an ``OSError``, so code that handles I/O failures generically still sees one.
+    """

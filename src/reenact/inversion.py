@@ -64,17 +64,15 @@ from reenact.embedding import (
     init_zeros,
     unet_fingerprint,
 )
+from reenact.edm import denoise, loss as edm_loss
 from reenact.errors import ConfigError, InputError
+from reenact.files import atomic_write
 from reenact.routing import ATTENTION_KINDS, flatten_embedding, install_motion_routing, set_attention
 
 __all__ = [
     "InversionConfig",
     "InversionResult",
     "invert",
-    "edm_preconditioning",
-    "edm_loss_weight",
-    "edm_denoise",
-    "edm_loss",
     "lr_at",
     "checkpoint_path",
     "checkpoint_temporal_blocks",
@@ -225,56 +223,7 @@ class InversionResult:
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> (F+1, N, d), see snapshot_at
 
 
-# --- the EDM maths ---------------------------------------------------------------------------
-
-def edm_preconditioning(sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """EDM preconditioning for v-prediction with sigma_data = 1 (SVD): c_skip, c_out, c_in, c_noise."""
-    s2 = sigma * sigma
-    c_skip = 1.0 / (s2 + 1.0)
-    c_out = -sigma / torch.sqrt(s2 + 1.0)
-    c_in = 1.0 / torch.sqrt(s2 + 1.0)
-    c_noise = 0.25 * torch.log(sigma)
-    return c_skip, c_out, c_in, c_noise
-
-
-def edm_loss_weight(sigma: torch.Tensor) -> torch.Tensor:
-    """``w(s) = (1+s^2)/s^2 = 1/c_out^2``: every noise level contributes a unit-variance target."""
-    return (1.0 + sigma * sigma) / (sigma * sigma)
-
-
-def edm_denoise(
-    unet: torch.nn.Module,
-    x_s: torch.Tensor,
-    sigma: torch.Tensor,
-    cond: torch.Tensor,
-    emb_flat: torch.Tensor,
-    added_time_ids: torch.Tensor,
-) -> torch.Tensor:
-    """The denoiser ``D(x_s) = c_skip*x_s + c_out*F(c_in*x_s; c_noise, emb, cond)``, in float32.
-
-    ``x_s`` ``(B, F, C, h, w)`` noisy scaled latents, ``sigma`` ``(B,)``, ``cond`` ``(B, F, C, h, w)``
-    the unscaled conditioning latent repeated over frames (concatenated on channels, as the
-    SVD pipeline does), ``emb_flat`` ``(B, (F+1)*N, d)``, ``added_time_ids`` ``(B, 3)``.
-    The UNet runs in its own dtype (or under the caller's autocast); D is float32.
-    """
-    c_skip, c_out, c_in, c_noise = (c.view(-1, 1, 1, 1, 1) for c in edm_preconditioning(sigma))
-    dtype = getattr(unet, "dtype", x_s.dtype)
-    unet_in = torch.cat([c_in * x_s, cond.to(x_s.dtype)], dim=2).to(dtype)
-    out = unet(
-        unet_in,
-        c_noise.flatten().to(dtype),
-        encoder_hidden_states=emb_flat.to(dtype),
-        added_time_ids=added_time_ids.to(dtype),
-        return_dict=False,
-    )[0]
-    return c_skip * x_s.float() + c_out * out.float()
-
-
-def edm_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``mean(w(s) * (D - x_0)^2)`` over batch, frames, channels and pixels."""
-    w = edm_loss_weight(sigma).view(-1, *([1] * (x0.ndim - 1)))
-    return (w * (denoised.float() - x0.float()) ** 2).mean()
-
+# --- schedule ---------------------------------------------------------------------------------
 
 def lr_at(step: int, config: InversionConfig) -> float:
     """Learning rate of 0-based ``step``: constant, cosine to 0, or linear warm-up then cosine."""
@@ -393,19 +342,6 @@ def _make_optimizer(param: torch.nn.Parameter, config: InversionConfig) -> torch
 
 
 # --- checkpoints -------------------------------------------------------------------------------
-
-def atomic_torch_save(obj: dict, path: Path) -> None:
-    """``torch.save`` to ``path.tmp-<pid>`` in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
 
 def _load_checkpoint(path: Path, config: InversionConfig, reference: dict, fingerprint: str) -> dict:
     """Load ``path`` and refuse (ConfigError naming the difference) if it belongs to another run."""
@@ -693,7 +629,7 @@ def invert(
 
                 # forward, backward (to the embedding only), step
                 with autocast:
-                    denoised = edm_denoise(unet, x_s, sigma, cond, emb_flat, time_ids)
+                    denoised = denoise(unet, x_s, sigma, cond, emb_flat, time_ids)
                 loss = edm_loss(denoised, x0, sigma)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -714,19 +650,20 @@ def invert(
 
                 # checkpoint, preview, callback, early stop
                 if ckpt_file is not None and due(config.checkpoint_every):
-                    atomic_torch_save({
-                        "version": CHECKPOINT_VERSION,
-                        "step": step,
-                        "embedding": param.detach().cpu().clone(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if use_scaler else None,
-                        "rng": gen.get_state(),
-                        "losses": list(losses),
-                        "ema": ema, "best_ema": best, "since_best": since_best,
-                        "config": config.to_dict(),
-                        "reference": reference,
-                        "unet_fingerprint": fingerprint,
-                    }, ckpt_file)
+                    with atomic_write(ckpt_file) as tmp:
+                        torch.save({
+                            "version": CHECKPOINT_VERSION,
+                            "step": step,
+                            "embedding": param.detach().cpu().clone(),
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict() if use_scaler else None,
+                            "rng": gen.get_state(),
+                            "losses": list(losses),
+                            "ema": ema, "best_ema": best, "since_best": since_best,
+                            "config": config.to_dict(),
+                            "reference": reference,
+                            "unet_fingerprint": fingerprint,
+                        }, tmp)
                 if preview and due(config.preview_every):
                     routing.remove()  # the generation pipeline routes the embedding itself
                     try:

@@ -15,6 +15,7 @@ from diffusers.utils import deprecation_utils as _deprecation_utils
 
 from .errors import ConfigError, ModelNotFoundError
 from .pipeline import MotionTransferPipeline
+from .quiet import quiet_libraries
 
 __all__ = [
     "TOY_MODEL",
@@ -118,7 +119,8 @@ def load_pipeline(
             source = model
 
     try:
-        pipe = MotionTransferPipeline.from_pretrained(source, variant=variant, **{_DTYPE_KWARG: dtype})
+        with quiet_libraries():  # their loading bars and notes would bury our messages
+            pipe = MotionTransferPipeline.from_pretrained(source, variant=variant, **{_DTYPE_KWARG: dtype})
     except (OSError, ValueError) as exc:  # offline, unknown repo, missing weights, bad id
         if source != model:  # a local folder: its own problem, say so
             raise ModelNotFoundError(f"could not load model from '{model}': {_first_line(exc)}") from None

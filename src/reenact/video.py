@@ -20,11 +20,9 @@ import math
 import numbers
 import os
 import re
-import shutil
 import struct
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Union
@@ -34,6 +32,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reenact.errors import ConfigError, InputError
+from reenact.files import atomic_write
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -590,56 +589,6 @@ def _encode_png_folder(images: list[Image.Image], folder: Path) -> None:
         img.save(folder / f"frame_{i:04d}.png", format="PNG")
 
 
-def _remove(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    except OSError:
-        pass
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success it is renamed onto ``path``.
-
-    The temp name is hidden (``.<name>.tmp-<pid>-<rand><suffix>``) and keeps the real suffix
-    so encoders that sniff it still work; it lives in the same folder so the final
-    ``os.replace`` is atomic (same filesystem). On any exception the temp is removed and the
-    exception propagates (``OSError`` as :class:`InputError`); ``path`` is left untouched.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _unwritable(path, e) from None
-    finally:
-        if tmp.exists() or tmp.is_symlink():
-            _remove(tmp)
-
-
-def _replace_folder(tmp: Path, path: Path) -> None:
-    """Move finished folder ``tmp`` onto ``path``; an existing ``path`` is removed only after
-    the new one is in place (two renames: a crash in between leaves the old one as
-    ``.<name>.old-*``, never a mix of old and new frames)."""
-    if path.exists() and not path.is_dir():
-        raise _unwritable(path, "it exists and is a file; png output is a folder")
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        if old is not None:
-            os.rename(old, path)  # put the previous result back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_video(
     frames: Sequence[Image.Image] | torch.Tensor,
     path: PathLike,
@@ -678,20 +627,10 @@ def write_video(
     if kind == "png" and p.exists() and not p.is_dir():
         raise _unwritable(p, "it exists and is a file; png output is a folder")
 
-    if kind == "png":
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        try:
+    with atomic_write(p) as tmp:  # complete or not at all (reenact.files)
+        if kind == "png":
             _encode_png_folder(images, tmp)
-            _replace_folder(tmp, p)
-        except OSError as e:
-            raise _unwritable(p, e) from None
-        finally:
-            if tmp.exists():
-                _remove(tmp)
-        return p
-
-    with _atomic_target(p) as tmp:
-        if kind == "mp4":
+        elif kind == "mp4":
             _encode_mp4(images, tmp, float(fps))
         else:
             _encode_gif(images, tmp, float(fps))

@@ -52,6 +52,8 @@ from reenact import models
 from reenact import video as vio
 from reenact.embedding import MotionEmbedding
 from reenact.errors import ConfigError
+from reenact.files import atomic_write
+from reenact.metrics import psnr
 from reenact.inversion import _INITS, _SCHEDULES, InversionConfig, invert
 from reenact.toy import world
 
@@ -176,8 +178,7 @@ def motion_metrics(ref_disp: np.ndarray, res_disp: np.ndarray) -> dict:
 
 def first_frame_psnr(result: torch.Tensor, image: torch.Tensor) -> float:
     """PSNR (dB) of the result's frame 0 to the target image, both in [-1, 1], measured on [0, 1]."""
-    mse = (((result[0].float().cpu() - image.float().cpu()) / 2) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return psnr(result[0], image)
 
 
 def leak_free(result: torch.Tensor, target: world.Clip, reference_color: np.ndarray) -> tuple[bool, int]:
@@ -251,28 +252,6 @@ def oracle_embedding(model: str, reference: world.Clip) -> MotionEmbedding:
     frames = disp.numel() // 2
     return MotionEmbedding(token[None, None].expand(frames + 1, 1, -1).clone(),
                            {"base_model": model, "oracle": True})
-
-
-def load_quietly(model: str, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
-    """``models.load_pipeline`` without diffusers'/transformers' loading bars and notes."""
-    import warnings
-
-    from diffusers.utils import logging as d_log
-    from transformers.utils import logging as t_log
-
-    saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (d_log, t_log)]
-    for log, _, _ in saved:
-        log.set_verbosity_error()
-        log.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return models.load_pipeline(model, device, dtype, progress=False)
-    finally:
-        for log, verbosity, bars in saved:
-            log.set_verbosity(verbosity)
-            (log.enable_progress_bar if bars else log.disable_progress_bar)()
 
 
 def generate(pipe, images: Sequence[Image.Image], embedding: MotionEmbedding | None, *,
@@ -465,9 +444,8 @@ def write_example(out_dir: Path, name: str, reference: world.Clip, targets: list
     cols = len(strip[0])
     png = vio.make_grid([[im] for row in strip for im in row], columns=cols)[0]
     png_path = out_dir / f"{name}.png"
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    png.save(tmp)
-    os.replace(tmp, png_path)
+    with atomic_write(png_path) as tmp:
+        png.save(tmp)
 
     frames = len(ref)
     header = [[_label(t, cell)] * frames for t in ["reference", *(f"({k})" for k in rows)]]
@@ -480,9 +458,8 @@ def write_example(out_dir: Path, name: str, reference: world.Clip, targets: list
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def _finite(obj):
@@ -570,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oracle_embedding(args.model, references[0])  # refuse early, before any work
     vio.check_writable_dir(args.out)
     dtype = torch.float32
-    pipe = load_quietly(args.model, args.device, dtype)
+    pipe = models.load_pipeline(args.model, args.device, dtype)
     settings = BenchSettings(configs=configs, steps=args.steps, gen_steps=args.gen_steps, seed=args.seed,
                              lr=args.lr, log_sigma_mean=args.log_sigma_mean,
                              log_sigma_std=args.log_sigma_std, init=args.init,

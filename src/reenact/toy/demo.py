@@ -29,6 +29,7 @@ import torch
 
 from reenact import models
 from reenact import video as vio
+from reenact.files import atomic_write
 from reenact.inversion import InversionConfig, invert
 from reenact.toy import bench, world
 
@@ -87,7 +88,7 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     reference, targets = pick_demo_clips(seed)
     num_frames = reference.video.shape[0]
-    pipe = bench.load_quietly(model, "cpu", torch.float32)
+    pipe = models.load_pipeline(model, "cpu", torch.float32)
     t_loaded = time.perf_counter()
 
     config = InversionConfig(seed=seed) if steps is None else InversionConfig(steps=steps, seed=seed)
@@ -114,9 +115,8 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     up_results = []
     for i, (img, vid) in enumerate(zip(images, videos)):
         path = out / f"target_{i}.png"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-        vio.upscale_nearest([img], UPSCALE)[0].save(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            vio.upscale_nearest([img], UPSCALE)[0].save(tmp)
         summary[f"target_{i}"] = path
         up_results.append(vio.upscale_nearest(vio.tensor_to_images(vid), UPSCALE))
         summary[f"result_{i}"] = _write_both(up_results[-1], out / f"result_{i}.mp4")
@@ -124,9 +124,8 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     grid_gif = vio.write_video(vio.make_grid(rows), out / "grid.gif", fps=FPS)
     strip = vio.make_grid([[im] for row in rows for im in row], columns=num_frames)[0]
     grid_png = out / "grid.png"
-    tmp = grid_png.with_name(f".grid.png.tmp-{os.getpid()}.png")
-    strip.save(tmp)
-    os.replace(tmp, grid_png)
+    with atomic_write(grid_png) as tmp:
+        strip.save(tmp)
     summary.update(grid=grid_gif, grid_png=grid_png, embedding=embedding_path)
     summary["motion score (trajectory cosine)"] = f"{score:.2f} (no embedding: {base:.2f})"
     summary.update(

@@ -11,7 +11,7 @@ It is trained SVD-style so that motion-textual inversion is tested honestly:
 - ONE context token per clip, repeated over frames by the UNet exactly as SVD repeats its CLIP
   embedding, carries the motion. The token is a *fixed* random encoding of the clip's
   displacement sequence, ``tanh(disp @ P + b)`` — informative from step 0, nothing to collapse
-  (a jointly learned encoder collapsed in a probe, shared/TOY_NOTES.md). The model never sees
+  (a jointly learned encoder collapsed in a probe, docs/METHOD.md "The toy model"). The model never sees
   per-frame tokens: the inflation must earn its keep at inversion time, as in the paper;
 - the context is zeroed for 15% of samples and, for 10%, the image latent too — the exact
   negative branch of SVD's classifier-free guidance;
@@ -41,7 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reenact.inversion import atomic_torch_save
+from reenact import edm
+from reenact.files import atomic_write
+from reenact.metrics import psnr
 from reenact.toy.world import make_batch, make_clip
 
 NUM_FRAMES = 8
@@ -106,12 +108,6 @@ def batch_tensors(seed: int, step: int, batch: int):
     masks = torch.stack([c.masks for c in clips])
     disp = torch.tensor(np.stack([c.displacements for c in clips]), dtype=torch.float32)
     return video, masks, disp
-
-
-def edm_precond(sigma: torch.Tensor):
-    """SVD's EDM v-prediction preconditioning (sigma_data = 1): c_in, c_skip, c_out, c_noise."""
-    s2 = sigma**2
-    return 1 / torch.sqrt(s2 + 1), 1 / (s2 + 1), -sigma / torch.sqrt(s2 + 1), 0.25 * torch.log(sigma)
 
 
 PILOT = 10.0  # the constant "pilot" channel of each GroupNorm group (see construct_vae)
@@ -218,18 +214,14 @@ def unet_loss(unet, vae, code, video, masks, disp, gen, args, drop: bool = True)
         u = torch.rand(b, generator=gen)
         ctx = ctx * (u >= args.p_drop_context)[:, None, None]
         cond = cond * (u >= args.p_drop_both)[:, None, None, None]
-    sigma = torch.exp(torch.randn(b, generator=gen) * args.log_sigma_std + args.log_sigma_mean)
-    c_in, c_skip, c_out, c_noise = (c[:, None, None, None, None] for c in edm_precond(sigma))
-    x_s = x0 + sigma[:, None, None, None, None] * torch.randn(x0.shape, generator=gen)
-    inp = torch.cat([c_in * x_s, cond[:, None].expand(-1, NUM_FRAMES, -1, -1, -1)], dim=2)
+    sigma = edm.sample_sigma(b, args.log_sigma_mean, args.log_sigma_std, gen)
+    x_s = x0 + edm.append_dims(sigma, x0.ndim) * torch.randn(x0.shape, generator=gen)
     ids = torch.stack([torch.full((b,), float(FPS_ID)), torch.full((b,), float(BUCKET_ID)), s_c], 1)
-    out = unet(inp, c_noise.flatten(), ctx, ids).sample
-    denoised = c_skip * x_s + c_out * out
+    denoised = edm.denoise(unet, x_s, sigma, cond[:, None].expand(-1, NUM_FRAMES, -1, -1, -1), ctx, ids)
     # object in frame f or frame 0, at latent resolution: where the motion is
     m = F.adaptive_max_pool2d(torch.maximum(masks, masks[:, :1]).flatten(0, 1)[:, None], x0.shape[-2:])
     m = m.unflatten(0, (b, NUM_FRAMES))
-    w = ((1 + sigma**2) / sigma**2)[:, None, None, None, None] * (1 + args.motion_weight * m)
-    return (w * (denoised - x0) ** 2).mean()
+    return edm.loss(denoised, x0, sigma, weight=1 + args.motion_weight * m)
 
 
 @torch.no_grad()
@@ -249,12 +241,8 @@ def context_swap_check(unet, vae, code, args, sigmas=(2.0, 5.0, 20.0, 80.0)) -> 
     res = {}
     for s in sigmas:
         sigma = torch.full((8,), s)
-        c_in, c_skip, c_out, c_noise = (c[:, None, None, None, None] for c in edm_precond(sigma))
         x_s = x0 + s * torch.randn(x0.shape, generator=gen)
-        d = []
-        for c in (ctx, ctx.roll(1, 0)):
-            out = unet(torch.cat([c_in * x_s, cond], 2), c_noise.flatten(), c, ids).sample
-            d.append(c_skip * x_s + c_out * out)
+        d = [edm.denoise(unet, x_s, sigma, cond, c, ids) for c in (ctx, ctx.roll(1, 0))]
         res[f"s{s:g}"] = ((d[0] - x0).abs().mean().item(), (d[1] - x0).abs().mean().item(), (d[0] - d[1]).abs().mean().item())
     return res
 
@@ -392,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             video, _, _ = batch_tensors(args.seed + 2, 0, 8)
             z = vae.encode(video.flatten(0, 1)).latent_dist.mode()
             rec = vae.decode(z, num_frames=NUM_FRAMES).sample
-            history["vae_psnr"] = 10 * math.log10(4 / F.mse_loss(rec, video.flatten(0, 1)).item())
+            history["vae_psnr"] = psnr(rec, video.flatten(0, 1))
             sf = 1.0 / z.std().item()
         vae.register_to_config(scaling_factor=sf)
         history["scaling_factor"] = sf
@@ -425,31 +413,27 @@ def main(argv: list[str] | None = None) -> None:
         stopping = bool(args.stop_after) and step + 1 >= args.stop_after
         if (step + 1) % args.ckpt_every == 0 or stopping:
             wall["unet_s"] = time.time() - t0
-            atomic_torch_save({"unet": unet.state_dict(), "vae": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                         "scaling_factor": vae.config.scaling_factor, "history": history, "wall": wall, "step": step + 1}, ckpt_path)
+            with atomic_write(ckpt_path) as tmp:
+                torch.save({"unet": unet.state_dict(), "vae": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                            "scaling_factor": vae.config.scaling_factor, "history": history, "wall": wall, "step": step + 1}, tmp)
         if stopping:
             log(f"stopped after step {step + 1}; continue with --resume")
             return
     wall["unet_s"] = time.time() - t0
 
     from diffusers import StableVideoDiffusionPipeline
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     unet.eval()
     # stored in fp16 to keep the package small (<= 20 MB); loading upcasts to the asked dtype
     unet.to(torch.float16), vae.to(torch.float16), clip.to(torch.float16)
     pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=clip, unet=unet, scheduler=scheduler, feature_extractor=processor)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    pipe.save_pretrained(tmp)
-    save_file(code, str(tmp / "motion_code.safetensors"))
-    os.chmod(tmp / "motion_code.safetensors", 0o644)  # safetensors writes 0600
-    (tmp / "training_log.json").write_text(json.dumps({"loss": history["loss"], "swap": history["swap"], "commands": history["commands"],
-                                                       "wall": wall, "vae_psnr": history.get("vae_psnr")}, indent=1))
-    write_model_card(tmp, args, history, wall)
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:  # the folder appears complete or not at all
+        pipe.save_pretrained(tmp)
+        (tmp / "motion_code.safetensors").write_bytes(safetensors_bytes(code))
+        (tmp / "training_log.json").write_text(json.dumps({"loss": history["loss"], "swap": history["swap"], "commands": history["commands"],
+                                                           "wall": wall, "vae_psnr": history.get("vae_psnr")}, indent=1))
+        write_model_card(tmp, args, history, wall)
     log(f"saved {out} ({wall['unet_s'] / 60:.1f} min UNet)")
 
 
