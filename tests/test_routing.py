@@ -184,3 +184,104 @@ def test_eager_attention_gives_the_sdpa_result(unet):
     torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="sdpa, eager"):
         set_attention(unet, "flash")
+
+
+# ---------------------------------------------------------------- lean hand-over (issue 8 item 3)
+
+
+def _step(unet, emb, batch, lean, kv_once=True):
+    """Forward + backward of one UNet call; returns the output and the embedding's gradient."""
+    emb = emb.clone().requires_grad_(True)
+    with install_motion_routing(unet, tokens=N, num_frames=F, kv_once=kv_once, lean=lean):
+        sample, t, ids = unet_inputs(batch)
+        sample, ids = sample.to(emb.dtype), ids.to(emb.dtype)
+        out = unet(sample, t, encoder_hidden_states=flatten_embedding(emb), added_time_ids=ids,
+                   return_dict=False)[0]
+        out.square().mean().backward()
+    return out.detach(), emb.grad
+
+
+@pytest.mark.parametrize("kv_once", [True, False])
+def test_lean_hand_over_gives_the_same_output_and_gradients(tiny_svd_dir, kv_once):
+    """In float64, so that only a routing difference (not summation order) could show."""
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(tiny_svd_dir / "unet")
+    unet = unet.double().eval().requires_grad_(False)
+    base = torch.randn(2, F + 1, N, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out_lean, grad_lean = _step(unet, base, 2, lean=True, kv_once=kv_once)
+    out_old, grad_old = _step(unet, base, 2, lean=False, kv_once=kv_once)
+    tol = 1e4 * torch.finfo(torch.float64).eps
+    torch.testing.assert_close(out_lean, out_old, rtol=0, atol=tol * out_old.abs().max().item())
+    torch.testing.assert_close(grad_lean, grad_old, rtol=0, atol=tol * grad_old.abs().max().item())
+    assert bool((grad_lean.abs().sum(dim=(2, 3)) > 0).all())  # every set of every item
+
+
+def test_lean_hand_over_gives_the_unet_a_placeholder_and_never_broadcasts_the_embedding(unet):
+    """No tensor of the broadcast shape (B*H*W, (F+1)*N, d) in the forward or the backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.big = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.ndim >= 3 and t.shape[-1] == D and (
+                        t.shape[-2] == (F + 1) * N or tuple(t.shape[-3:-1]) == (F + 1, N)):
+                    if t.numel() > 2 * (F + 1) * N * D:  # more than the embedding itself
+                        self.big.append((func.__name__, tuple(t.shape)))
+            return out
+
+    received = []
+    blocks = [m for n, m in unet.named_modules() if type(m).__name__ == "TransformerSpatioTemporalModel"]
+    hooks = [b.register_forward_pre_hook(
+        lambda m, a, k: received.append(tuple(k["encoder_hidden_states"].shape)), with_kwargs=True)
+        for b in blocks]
+    seen = {}
+    try:
+        for lean in (True, False):
+            received.clear()
+            emb = torch.randn(2, F + 1, N, D, generator=torch.Generator().manual_seed(6))
+            with Shapes() as mode:
+                _step(unet, emb, 2, lean=lean)
+            seen[lean] = (list(received), mode.big)
+    finally:
+        for h in hooks:
+            h.remove()
+    lean_received, lean_big = seen[True]
+    assert lean_received and set(lean_received) == {(2 * F, 1, D)}  # one placeholder token per row
+    assert lean_big == []
+    old_received, old_big = seen[False]
+    assert set(old_received) == {(2 * F, (F + 1) * N, D)}
+    assert old_big  # the old hand-over does make them: the check can fail
+
+
+def test_lean_routing_refuses_a_call_without_its_pre_hook(unet):
+    from reenact.routing import RoutingState
+
+    state = RoutingState(num_sets=F + 1, tokens=N)
+    with pytest.raises(RuntimeError, match="no embedding"):
+        state.sets(None)
+
+
+def test_lean_hand_over_under_gradient_checkpointing_gives_the_same_gradients(tiny_svd_dir,
+                                                                            monkeypatch):
+    """Checkpointed blocks rerun the processors in the backward: they must see the same sets."""
+    from reenact.inversion import gradient_checkpointing
+    from reenact.routing import RoutingState
+
+    calls = []
+    real_sets = RoutingState.sets
+    monkeypatch.setattr(RoutingState, "sets", lambda self, ehs: calls.append(1) or real_sets(self, ehs))
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(tiny_svd_dir / "unet")
+    unet = unet.double().eval().requires_grad_(False)
+    base = torch.randn(2, F + 1, N, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    _, plain = _step(unet, base, 2, lean=True)
+    plain_calls = len(calls)
+    with gradient_checkpointing(unet):
+        _, checkpointed = _step(unet, base, 2, lean=True)
+    assert len(calls) - plain_calls == 2 * plain_calls  # every processor ran again in the backward
+    tol = 1e4 * torch.finfo(torch.float64).eps * plain.abs().max().item()
+    torch.testing.assert_close(checkpointed, plain, rtol=0, atol=tol)

@@ -17,6 +17,18 @@ So we pass the flattened embedding ``(B, (F+1)*N, d)`` (:func:`flatten_embedding
 :class:`TemporalMotionAttnProcessor` (set ``F``). With all ``F+1`` sets equal this is exactly the
 stock UNet fed those ``N`` tokens — the test that pins the routing down.
 
+**Lean hand-over** (the default, ``lean=True``): letting diffusers route the whole embedding
+costs memory that nothing reads. Under CFG (B = 2) the temporal path's ``broadcast_to(...)
+.reshape`` *copies* ``B*H*W*(F+1)*N*d`` elements per temporal block (~2.8 GB at 14x576x1024,
+fp16), and in an inversion the backward of selecting set ``F`` from that broadcast allocates a
+dense zero tensor of the same shape per temporal block. So the UNet's forward pre-hook keeps the
+``(B, (F+1)*N, d)`` embedding in the :class:`RoutingState` and hands the UNet a one-token
+placeholder ``(B, 1, d)`` instead; both processors read their sets from the state. diffusers'
+repeat / broadcast then move one zero token per row, and the gradient flows straight from the
+selected sets to the embedding. ``lean=False`` keeps the old hand-over (diffusers routes the
+whole embedding; the processors pick from what they receive) so benchmarks can measure the
+difference; outputs and gradients are the same (tests).
+
 The temporal context is the same for every spatial position, so the temporal processor projects
 its K/V once per batch item instead of once per position (the stock path computes ``B*H*W``
 identical projections). Measured at 14x576x1024 (``benchmarks/flops.py``, docs/PERFORMANCE.md):
@@ -79,6 +91,12 @@ class RoutingState:
     by the spatial processor, which always runs before the temporal one of the same block.
     ``kv_once=False`` computes the temporal K/V per spatial position like stock diffusers; it
     exists only so benchmarks can compare the two. ``attention``: ``"sdpa"`` or ``"eager"``.
+
+    ``lean``: the pre-hook stores the call's embedding ``(B, (F+1)*N, d)`` in ``context`` and the
+    UNet gets a one-token placeholder (module docstring). ``context`` stays set after the call:
+    with gradient checkpointing the processors run again in the backward pass and must see the
+    same embedding, so each UNet call's backward must come before the next call's forward (as
+    an optimisation loop does); :meth:`RoutingHandle.remove` clears it.
     """
 
     num_sets: int
@@ -86,6 +104,8 @@ class RoutingState:
     batch_size: int | None = None
     kv_once: bool = True
     attention: str = "sdpa"
+    lean: bool = True
+    context: torch.Tensor | None = None
 
     def attend(self, attn, hidden_states, context, attention_mask, temb) -> torch.Tensor:
         """diffusers' own processor of the chosen kind, on the routed ``context``."""
@@ -95,6 +115,20 @@ class RoutingState:
     @property
     def num_frames(self) -> int:
         return self.num_sets - 1
+
+    def sets(self, encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
+        """The embedding as ``(rows, F+1, N, d)``: the stored one (lean, rows = B) or the
+        context diffusers handed the processor (rows = B*F spatial, B*H*W temporal)."""
+        if self.lean:
+            if self.context is None:
+                raise RuntimeError(
+                    "lean motion routing has no embedding: call the UNet that "
+                    "install_motion_routing() was applied to"
+                )
+            return self.context.unflatten(1, (self.num_sets, self.tokens))
+        if encoder_hidden_states is None:
+            raise ValueError("motion routing installed on a self-attention layer")
+        return _split_sets(encoder_hidden_states, self)
 
 
 def _split_sets(ehs: torch.Tensor, state: RoutingState) -> torch.Tensor:
@@ -130,16 +164,20 @@ class SpatialMotionAttnProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is None:
-            raise ValueError("motion routing installed on a self-attention layer")
-        sets = _split_sets(encoder_hidden_states, self.state)
-        rows = sets.shape[0]
+        sets = self.state.sets(encoder_hidden_states)
         num_frames = self.state.num_frames
-        if rows % num_frames:
-            raise ValueError(f"spatial attention got {rows} rows, not a multiple of F={num_frames}")
-        self.state.batch_size = rows // num_frames
-        frame = torch.arange(rows, device=sets.device) % num_frames
-        context = sets[torch.arange(rows, device=sets.device), frame]  # (B*F, N, d)
+        rows = hidden_states.shape[0]
+        if self.state.lean:  # sets (B, F+1, N, d): rows b*F + f take set f of item b
+            if rows != sets.shape[0] * num_frames:
+                raise ValueError(f"spatial attention got {rows} rows for batch {sets.shape[0]} "
+                                 f"x F={num_frames} frames")
+            context = sets[:, :num_frames].reshape(rows, self.state.tokens, sets.shape[-1])
+        else:  # sets (B*F, F+1, N, d), repeat-interleaved by diffusers
+            if rows % num_frames:
+                raise ValueError(f"spatial attention got {rows} rows, not a multiple of F={num_frames}")
+            self.state.batch_size = rows // num_frames
+            frame = torch.arange(rows, device=sets.device) % num_frames
+            context = sets[torch.arange(rows, device=sets.device), frame]  # (B*F, N, d)
         return self.state.attend(attn, hidden_states, context, attention_mask, temb)
 
 
@@ -169,10 +207,20 @@ class TemporalMotionAttnProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is None:
-            raise ValueError("motion routing installed on a self-attention layer")
-        sets = _split_sets(encoder_hidden_states, self.state)
+        sets = self.state.sets(encoder_hidden_states)
         temporal = self.state.num_sets - 1
+        rows = hidden_states.shape[0]
+        batch = sets.shape[0] if self.state.lean else self.state.batch_size
+        if batch is None or rows % batch or (not self.state.lean and sets.shape[0] != rows):
+            raise RuntimeError(
+                "temporal motion routing needs the UNet batch size; call the UNet that "
+                "install_motion_routing() was applied to"
+            )
+        positions = rows // batch
+        if self.state.lean:
+            context = sets[:, temporal]  # (B, N, d)
+        else:  # rows b*H*W + p are diffusers' broadcast copies of item b's embedding
+            context = sets.unflatten(0, (batch, positions))[:, 0, temporal]
         simple = (
             attention_mask is None
             and attn.spatial_norm is None
@@ -181,17 +229,10 @@ class TemporalMotionAttnProcessor(AttnProcessor2_0):
         )
         if not self.state.kv_once or not simple:
             # stock path: every row projects its own (identical) copy of the N tokens
-            return self.state.attend(attn, hidden_states, sets[:, temporal], attention_mask, temb)
+            per_row = sets[:, temporal] if not self.state.lean else context.repeat_interleave(positions, 0)
+            return self.state.attend(attn, hidden_states, per_row, attention_mask, temb)
 
-        batch = self.state.batch_size
-        rows, frames, _ = hidden_states.shape
-        if batch is None or rows % batch or sets.shape[0] != rows:
-            raise RuntimeError(
-                "temporal motion routing needs the UNet batch size; call the UNet that "
-                "install_motion_routing() was applied to"
-            )
-        positions = rows // batch
-        context = sets.unflatten(0, (batch, positions))[:, 0, temporal]  # (B, N, d)
+        frames = hidden_states.shape[1]
         if attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
 
@@ -239,6 +280,7 @@ class RoutingHandle:
             return
         self.hook.remove()
         self.hook = None
+        self.state.context = None  # the last call's embedding (and its autograd graph)
         self.unet.set_attn_processor(dict(self.original_processors))  # it pops from the dict
 
     def __enter__(self) -> RoutingHandle:
@@ -250,7 +292,7 @@ class RoutingHandle:
 
 def install_motion_routing(
     unet: torch.nn.Module, tokens: int, num_frames: int, kv_once: bool = True,
-    attention: str | None = None,
+    attention: str | None = None, lean: bool = True,
 ) -> RoutingHandle:
     """Route a flattened ``(B, (F+1)*N, d)`` motion embedding through ``unet``'s cross-attention.
 
@@ -266,10 +308,11 @@ def install_motion_routing(
     *all* processors, these included: call them first, install after. Use the returned handle's
     ``remove()`` (or ``with``) to restore the UNet.
 
-    Memory note: diffusers broadcasts the temporal context to ``(B*H*W, (F+1)*N, d)`` before our
-    processor sees it. With B == 1 that is a zero-copy view; with B > 1 (e.g. CFG, B = 2) the
-    reshape after ``broadcast_to`` materialises ``B*H*W*(F+1)*N*d`` elements per temporal
-    block (a few GB at 576x1024). The processor reads only one row of it per batch item.
+    ``lean`` (default): the pre-hook keeps the embedding in the routing state and passes the
+    UNet a ``(B, 1, d)`` placeholder, so diffusers never broadcasts it (the broadcast copy under
+    CFG and the backward's dense zero tensor are gone; module docstring). ``lean=False`` is the
+    old hand-over, where diffusers broadcasts the temporal context to ``(B*H*W, (F+1)*N, d)``
+    (a copy when B > 1); kept so benchmarks can measure the difference.
     """
     if tokens < 1 or num_frames < 1:
         raise ValueError(f"need tokens >= 1 and num_frames >= 1, got {tokens}, {num_frames}")
@@ -279,7 +322,8 @@ def install_motion_routing(
         attention = "eager" if cross and all(type(p) is AttnProcessor for p in cross) else "sdpa"
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)} (got {attention!r})")
-    state = RoutingState(num_sets=num_frames + 1, tokens=tokens, kv_once=kv_once, attention=attention)
+    state = RoutingState(num_sets=num_frames + 1, tokens=tokens, kv_once=kv_once, attention=attention,
+                         lean=lean)
     spatial = SpatialMotionAttnProcessor(state)
     temporal = TemporalMotionAttnProcessor(state)
     new = {}
@@ -314,6 +358,13 @@ def install_motion_routing(
                 f"encoder_hidden_states batch {ehs.shape[0]} != sample batch {sample.shape[0]}"
             )
         state.batch_size = sample.shape[0]
+        if not state.lean:
+            return None
+        state.context = ehs
+        placeholder = ehs.new_zeros(ehs.shape[0], 1, ehs.shape[2]).detach()  # nothing reads it
+        if "encoder_hidden_states" in kwargs:
+            return args, {**kwargs, "encoder_hidden_states": placeholder}
+        return (*args[:2], placeholder, *args[3:]), kwargs
 
     unet.set_attn_processor(new)
     hook = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
