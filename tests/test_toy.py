@@ -145,7 +145,8 @@ def test_a_perfect_transfer_scores_perfectly_and_a_leak_is_caught():
 def trained(tmp_path_factory):
     """``python -m reenact.toy.train`` for 3 steps (checks at 2 and 3, checkpoint at 2)."""
     out = tmp_path_factory.mktemp("toy") / "m"
-    train.main(["--out", str(out), "--steps", "3", "--check-every", "2", "--ckpt-every", "2", "--threads", "1"])
+    train.main(["--out", str(out), "--steps", "3", "--check-every", "2", "--ckpt-every", "2", "--threads", "1",
+                "--batch", "2", "--check-clips", "3"])
     torch.set_num_threads(1)
     log = json.loads((out / "training_log.json").read_text())
     return out, log
@@ -161,7 +162,7 @@ def test_training_makes_a_loadable_svd_folder_with_card_and_motion_code(trained)
     from safetensors.torch import load_file
 
     code = load_file(str(out / "motion_code.safetensors"))
-    assert code["P"].shape == (2 * train.NUM_FRAMES, train.CONTEXT_DIM)
+    assert code["P"].shape == (world.MOTION_FEATURES * train.NUM_FRAMES, train.CONTEXT_DIM)
     assert len(log["loss"]) == 3 and all(math.isfinite(v) for v in log["loss"])
     assert [step for step, _ in log["swap"]] == [2, 3]
 
@@ -170,7 +171,7 @@ def test_training_resumes_the_same_stream_from_its_checkpoint(trained):
     out, log = trained
     first_losses = list(log["loss"])
     train.main(["--out", str(out), "--steps", "3", "--check-every", "2", "--ckpt-every", "2",
-                "--threads", "1", "--resume"])
+                "--threads", "1", "--batch", "2", "--check-clips", "3", "--resume"])
     torch.set_num_threads(1)
     assert "resumed at UNet step 2" in (out.parent / "m.train-log").read_text()
     resumed = json.loads((out / "training_log.json").read_text())["loss"]
@@ -215,8 +216,8 @@ def test_the_oracle_is_the_training_context(trained):
     from safetensors.torch import load_file
 
     code = load_file(str(out / "motion_code.safetensors"))
-    disp = torch.tensor(ref.displacements, dtype=torch.float32)[None]
-    expected = train.encode_motion(disp, code)[0]  # (1, d): what training fed the UNet
+    feats = torch.tensor(world.motion_features(ref), dtype=torch.float32)[None]
+    expected = train.encode_motion(feats, code)[0]  # (1, d): what training fed the UNet
     assert emb.tensor.shape == (train.NUM_FRAMES + 1, 1, train.CONTEXT_DIM)
     assert torch.allclose(emb.tensor, expected.expand(train.NUM_FRAMES + 1, 1, -1))
 
@@ -254,3 +255,24 @@ def test_on_the_bundled_model_the_learned_motion_beats_the_stock_model(tmp_path)
         assert summary["motion_score"] > summary["baseline_score"] + 0.2, summary
         margins.append(summary["motion_score"] - summary["baseline_score"])
     assert sum(margins) / len(margins) >= 0.5, margins
+
+
+def test_data_workers_render_the_same_stream_as_one_process():
+    """Step k's batch is a pure function of (seed, k), whoever renders it."""
+    one = train.batch_stream(5, 1, 7, workers=0, pin=False)
+    two = train.batch_stream(5, 1, 7, workers=2, pin=False)
+    for _ in range(3):
+        a, b = next(one), next(two)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert a[0].shape == (1, train.NUM_FRAMES, 3, train.RESOLUTION, train.RESOLUTION)
+    assert a[2].shape == (1, train.NUM_FRAMES, world.MOTION_FEATURES)
+    two.close()
+
+
+def test_the_warm_up_does_not_depend_on_the_step_count():
+    """So a --time-budget run, which resolves --steps during its warm-up, is reproduced by --steps."""
+    args = train.build_parser().parse_args(["--out", "x", "--warmup", "50"])
+    short, long = (train.build_parser().parse_args(["--out", "x", "--warmup", "50", "--steps", str(n)]) for n in (300, 900))
+    assert [train.learning_rate(k, short) for k in range(50)] == [train.learning_rate(k, long) for k in range(50)]
+    assert train.learning_rate(299, short) == pytest.approx(0.1 * args.lr, rel=1e-3)
+    assert train.learning_rate(60, short) < train.learning_rate(60, long)

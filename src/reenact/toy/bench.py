@@ -232,7 +232,7 @@ def model_folder(model: str) -> Path | None:
 def oracle_embedding(model: str, reference: world.Clip) -> MotionEmbedding:
     """The toy model's training context for the reference's true motion, as an (F+1, 1, d) embedding.
 
-    ``tanh(disp.flatten() @ P + b)`` with ``P``, ``b`` from ``motion_code.safetensors`` (see
+    ``tanh(feat.flatten() @ P + b)`` with ``P``, ``b`` from ``motion_code.safetensors`` (see
     ``reenact.toy.train``): one token, the same for every set, i.e. exactly what the model saw in
     training for this motion -- what no inverted embedding can be expected to beat.
     """
@@ -244,12 +244,12 @@ def oracle_embedding(model: str, reference: world.Clip) -> MotionEmbedding:
         raise ConfigError(f"config 'o' (oracle) needs motion_code.safetensors in the model folder; "
                           f"'{model}' has none (toy models only)")
     code = load_file(str(path))
-    disp = torch.as_tensor(reference.displacements, dtype=torch.float32).flatten()
-    if disp.numel() != code["P"].shape[0]:
-        raise ConfigError(f"{path}: made for {code['P'].shape[0] // 2} frames, the clip has "
-                          f"{disp.numel() // 2}")
-    token = torch.tanh(disp @ code["P"] + code["b"])
-    frames = disp.numel() // 2
+    feats = torch.as_tensor(world.motion_features(reference), dtype=torch.float32)  # (F, 5)
+    frames = feats.shape[0]
+    per_frame = code["P"].shape[0] // frames  # 2 (displacements: the first model) or 5
+    if code["P"].shape[0] != per_frame * frames or per_frame not in (2, world.MOTION_FEATURES):
+        raise ConfigError(f"{path}: a code for {code['P'].shape[0]} inputs does not fit a clip of {frames} frames")
+    token = torch.tanh(feats[:, :per_frame].flatten() @ code["P"] + code["b"])
     return MotionEmbedding(token[None, None].expand(frames + 1, 1, -1).clone(),
                            {"base_model": model, "oracle": True})
 

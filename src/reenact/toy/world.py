@@ -226,3 +226,252 @@ def track(video: torch.Tensor, object_color: np.ndarray, background_color: np.nd
     cx = (alpha.sum(1) * xs).sum(1) / mass
     cy = (alpha.sum(2) * ys).sum(1) / mass
     return torch.stack([cx, cy], 1).numpy().astype(np.float64), mass.numpy()
+
+
+# ==============================================================================================
+# World v2: any colour, any size from 12 % to 50 % of the side, plain / gradient / textured
+# backgrounds, and camera motion (pan, zoom) of a textured scene.
+#
+# Why a second world beside the first: the bundled 16x16 model was trained on the palette world
+# above and its tests, benchmark and demo measure it there; the v2 world (32x32 by default) is
+# what the next model trains on (issue 7). Both stay until that model is bundled.
+#
+# Geometry, exact for every clip: a *scene* in frame-0 pixel coordinates holds a background and
+# one object whose centre follows ``object_path`` (scene pixels, relative to frame 0). A camera
+# maps scene point x to image point ``s_f * (x - m) + m + d_f`` in frame f (``m`` the frame
+# centre, ``s_f`` = ``camera_scale``, ``d_f`` = ``camera_shift``; s_0 = 1, d_0 = 0), so a
+# pan is d_f != 0 and a zoom about the frame centre is s_f != 1. ``centers`` is the object's
+# image centre per frame and ``sizes`` its image size, both derived from these exactly.
+# ==============================================================================================
+
+OBJECT_MOTIONS_V2 = MOTIONS + ("circle", "stop-and-go")
+CAMERA_MOTIONS = ("pan", "zoom")
+MOTIONS_V2 = OBJECT_MOTIONS_V2 + CAMERA_MOTIONS
+BACKGROUNDS = ("plain", "gradient", "texture")
+
+#: every background pixel of a v2 clip is at least this far (Euclidean RGB in [-1, 1]) from the
+#: object colour: any colour may be drawn, but the object must stay visible.
+MIN_CONTRAST = 0.6
+SIZE_RANGE_V2 = (0.12, 0.5)  # object side / frame side
+ZOOM_RANGE = (1.3, 1.8)  # final scale of a zoom-in; a zoom-out ends at the inverse
+MOTION_FEATURES = 5  # per frame: object path (2), camera shift (2), log camera scale (1)
+
+
+@dataclass
+class SceneClip(Clip):
+    """A v2 clip: ``Clip`` plus the scene's exact geometry (see the block comment above).
+
+    ``object_path`` (F, 2) scene pixels; ``camera_shift`` (F, 2) pixels; ``camera_scale`` (F,);
+    ``sizes`` (F,) the object's image size; ``background`` one of ``BACKGROUNDS``.
+    """
+
+    object_path: np.ndarray = None  # type: ignore[assignment]
+    camera_shift: np.ndarray = None  # type: ignore[assignment]
+    camera_scale: np.ndarray = None  # type: ignore[assignment]
+    sizes: np.ndarray = None  # type: ignore[assignment]
+    background: str = "plain"
+
+    def motion_features(self) -> np.ndarray:
+        """(F, 5) what the motion is, in image units: object path, camera shift, log scale.
+
+        Object motion and camera motion are kept apart (on a textured scene they look different,
+        and a pan must not be confused with the object moving the other way).
+        """
+        h, w = self.video.shape[-2:]
+        unit = np.array([w, h], dtype=np.float64)
+        return np.concatenate([self.object_path / unit, self.camera_shift / unit,
+                               np.log(self.camera_scale)[:, None]], axis=1)
+
+
+def motion_features(clip: Clip) -> np.ndarray:
+    """(F, 5) motion features of any clip; a v1 clip has a still camera."""
+    if isinstance(clip, SceneClip):
+        return clip.motion_features()
+    f = clip.centers.shape[0]
+    return np.concatenate([clip.displacements, np.zeros((f, 3))], axis=1)
+
+
+def sample_trajectory_v2(rng: np.random.Generator, num_frames: int, motion: str, extent: float) -> np.ndarray:
+    """``sample_trajectory`` plus ``circle`` (a full turn back to the start, diameter ``extent``)
+    and ``stop-and-go`` (a line whose speed changes, with at least one stop)."""
+    if motion in MOTIONS:
+        return sample_trajectory(rng, num_frames, motion, extent)
+    t = np.linspace(0.0, 1.0, num_frames)
+    theta = rng.uniform(0, 2 * math.pi)
+    if motion == "circle":
+        r = extent / 2
+        turn = rng.choice([-1, 1]) * 2 * math.pi
+        centre = _unit(theta) * r
+        ang = theta + math.pi + turn * t
+        path = centre + r * np.stack([np.cos(ang), np.sin(ang)], 1)
+        return path - path[0]
+    if motion == "stop-and-go":
+        while True:  # per-interval speeds; at least one stop and one full-speed interval
+            speed = rng.choice([0.0, 0.5, 1.0, 2.0], num_frames - 1)
+            if (speed == 0).any() and (speed >= 1).any():
+                break
+        progress = np.concatenate([[0.0], np.cumsum(speed)]) / speed.sum()
+        return progress[:, None] * _unit(theta) * extent
+    raise ValueError(f"unknown motion {motion!r}; choose from {MOTIONS_V2}")
+
+
+def _texture(rng: np.random.Generator, base: np.ndarray, side: int, res: int) -> torch.Tensor:
+    """A smooth random colour texture (3, 3*side*res, 3*side*res) covering scene [-side, 2*side)^2.
+
+    Bicubic-upsampled noise through tanh around ``base``: features a few pixels wide, so pans
+    and zooms move visible structure everywhere in the frame.
+    """
+    cell = rng.uniform(2.5, 8.0)  # feature size, pixels
+    n = max(2, int(round(3 * side / cell)))
+    noise = torch.as_tensor(rng.standard_normal((1, 3, n, n)), dtype=torch.float32)
+    up = F.interpolate(noise, size=(3 * side * res, 3 * side * res), mode="bicubic", align_corners=False)[0]
+    amp = torch.as_tensor(rng.uniform(0.15, 0.45, 3), dtype=torch.float32)[:, None, None]
+    return (torch.as_tensor(base, dtype=torch.float32)[:, None, None] + amp * torch.tanh(1.5 * up)).clamp(-1, 1)
+
+
+def _background_frames(rng: np.random.Generator, kind: str, shift: np.ndarray, scale: np.ndarray,
+                       height: int, width: int) -> torch.Tensor:
+    """Background (F, 3, H*S, W*S) at the supersampled resolution, seen through the camera."""
+    s = SUPERSAMPLE
+    base = rng.uniform(-0.8, 0.8, 3)
+    f = len(scale)
+    if kind == "plain":
+        return torch.as_tensor(base, dtype=torch.float32)[None, :, None, None].expand(f, 3, height * s, width * s).clone()
+    ys = (torch.arange(height * s, dtype=torch.float64) + 0.5) / s
+    xs = (torch.arange(width * s, dtype=torch.float64) + 0.5) / s
+    m = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+    d = torch.as_tensor(shift, dtype=torch.float64)
+    sc = torch.as_tensor(scale, dtype=torch.float64)
+    # scene coordinates seen by each image sample: x_s = (x_img - m - d_f) / s_f + m
+    sx = (xs[None, None, :] - m[0] - d[:, 0, None, None]) / sc[:, None, None] + m[0]
+    sy = (ys[None, :, None] - m[1] - d[:, 1, None, None]) / sc[:, None, None] + m[1]
+    sx, sy = sx.expand(f, height * s, width * s), sy.expand(f, height * s, width * s)
+    if kind == "gradient":
+        other = np.clip(base + rng.uniform(-0.8, 0.8, 3), -1, 1)
+        theta = rng.uniform(0, 2 * math.pi)
+        side = min(height, width)
+        u = ((sx - m[0]) * math.cos(theta) + (sy - m[1]) * math.sin(theta)) / side + 0.5
+        u = u.clamp(0, 1).float()[:, None]
+        a = torch.as_tensor(base, dtype=torch.float32)[None, :, None, None]
+        b = torch.as_tensor(other, dtype=torch.float32)[None, :, None, None]
+        return a + (b - a) * u
+    if kind == "texture":
+        side = min(height, width)
+        res = 2  # texture samples per scene pixel
+        tex = _texture(rng, base, side, res)
+        # grid_sample coordinates: the texture spans scene [-side, 2*side) on both axes
+        gx = (sx + side) / (3 * side) * 2 - 1
+        gy = (sy + side) / (3 * side) * 2 - 1
+        grid = torch.stack([gx, gy], -1).float()
+        return F.grid_sample(tex[None].expand(f, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
+    raise ValueError(f"unknown background {kind!r}; choose from {BACKGROUNDS}")
+
+
+def _object_color(rng: np.random.Generator, background: torch.Tensor) -> np.ndarray | None:
+    """Any RGB colour at least ``MIN_CONTRAST`` from every background pixel, or None after 64 tries."""
+    pixels = background.permute(1, 0, 2, 3).reshape(3, -1).T.double()
+    lo, hi = pixels.min(0).values, pixels.max(0).values
+    for _ in range(64):
+        c = rng.uniform(-1, 1, 3)
+        ct = torch.as_tensor(c)
+        # quick reject by the bounding box, then the exact test
+        gap = torch.maximum(lo - ct, ct - hi).clamp_min(0).norm()
+        if gap < MIN_CONTRAST and (pixels - ct).norm(dim=1).min() < MIN_CONTRAST:
+            continue
+        return c
+    return None
+
+
+def _shape_masks(shape: str, sizes: np.ndarray, centers: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Supersampled coverage (F, H*S, W*S) in {0, 1}, one size per frame."""
+    s = SUPERSAMPLE
+    ys = (torch.arange(height * s, dtype=torch.float64) + 0.5) / s
+    xs = (torch.arange(width * s, dtype=torch.float64) + 0.5) / s
+    c = torch.as_tensor(centers, dtype=torch.float64)
+    dx = xs[None, None, :] - c[:, 0, None, None]
+    dy = ys[None, :, None] - c[:, 1, None, None]
+    r = torch.as_tensor(sizes, dtype=torch.float64)[:, None, None] / 2
+    if shape == "square":
+        inside = (dx.abs() <= r) & (dy.abs() <= r)
+    elif shape == "disc":
+        inside = dx**2 + dy**2 <= r**2
+    elif shape == "diamond":
+        inside = dx.abs() + dy.abs() <= r * 1.25
+    elif shape == "triangle":
+        v = (dy + r) / (2 * r)
+        inside = (v >= 0) & (v <= 1) & (dx.abs() <= v * r * 1.1)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+    return inside.float()
+
+
+def _fit_object(path: np.ndarray, shift: np.ndarray, scale: np.ndarray, size: float, height: int,
+                width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Interval [lo, hi] of frame-0 object centres keeping the object in frame in every frame."""
+    m = np.array([width / 2, height / 2])
+    wh = np.array([width, height])
+    margin = (scale * size / 2 * 1.3)[:, None]
+    # image centre_f = s_f * (p0 + path_f - m) + m + d_f  must lie in [margin_f, wh - margin_f]
+    lo = ((margin - m - shift) / scale[:, None] + m - path).max(0)
+    hi = ((wh - margin - m - shift) / scale[:, None] + m - path).min(0)
+    return (lo, hi) if np.all(hi >= lo) else None
+
+
+def make_scene_clip(seed: int, num_frames: int = 8, height: int = 32, width: int = 32, *, motion: str | None = None,
+                    shape: str | None = None, background: str | None = None,
+                    extent_range: tuple[float, float] = (0.2, 0.45),
+                    size_range: tuple[float, float] = SIZE_RANGE_V2) -> SceneClip:
+    """A v2 clip, fully determined by ``seed`` (and any fixed choices).
+
+    Object motions move the object over a still camera; camera motions (``pan``, ``zoom``, always
+    on a textured scene, where they are visible) move the camera over a still object. A path or
+    camera motion too large for the object is shrunk until the object stays in every frame, and
+    the clip records what was rendered.
+    """
+    rng = np.random.default_rng(seed)
+    motion = motion or MOTIONS_V2[rng.integers(len(MOTIONS_V2))]
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    if motion in CAMERA_MOTIONS:
+        background = "texture"
+    background = background or BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    side = min(height, width)
+    size = rng.uniform(*size_range) * side
+    extent = rng.uniform(*extent_range) * side
+    t = np.linspace(0.0, 1.0, num_frames)
+    path = np.zeros((num_frames, 2))
+    shift = np.zeros((num_frames, 2))
+    log_scale = np.zeros(num_frames)
+    if motion == "pan":
+        shift = t[:, None] * _unit(rng.uniform(0, 2 * math.pi)) * extent
+    elif motion == "zoom":
+        log_scale = t * math.log(rng.uniform(*ZOOM_RANGE)) * rng.choice([-1, 1])
+    elif motion in OBJECT_MOTIONS_V2:
+        path = sample_trajectory_v2(rng, num_frames, motion, extent)
+    else:
+        raise ValueError(f"unknown motion {motion!r}; choose from {MOTIONS_V2}")
+    while (box := _fit_object(path, shift, np.exp(log_scale), size, height, width)) is None:
+        path, shift, log_scale = path * 0.9, shift * 0.9, log_scale * 0.9  # too large: shrink to fit
+    scale = np.exp(log_scale)
+    p0 = rng.uniform(*box)
+    m = np.array([width / 2, height / 2])
+    centers = scale[:, None] * (p0 + path - m) + m + shift
+    sizes = size * scale
+    while True:  # the object colour must contrast with every background pixel
+        bg_ss = _background_frames(rng, background, shift, scale, height, width)
+        bg = F.avg_pool2d(bg_ss, SUPERSAMPLE)
+        obj = _object_color(rng, bg)
+        if obj is not None:
+            break
+    inside = _shape_masks(shape, sizes, centers, height, width)
+    masks = F.avg_pool2d(inside[:, None], SUPERSAMPLE)[:, 0]
+    video = F.avg_pool2d(bg_ss * (1 - inside[:, None]), SUPERSAMPLE) + torch.as_tensor(
+        obj, dtype=torch.float32)[None, :, None, None] * masks[:, None]
+    bg_color = bg.mean((0, 2, 3)).double().numpy()
+    return SceneClip(video.clamp(-1, 1), centers, masks, shape, size, obj, bg_color, motion, {"seed": seed},
+                     object_path=path, camera_shift=shift, camera_scale=scale, sizes=sizes, background=background)
+
+
+def make_scene_batch(seed: int, batch: int, num_frames: int = 8, height: int = 32, width: int = 32) -> list[SceneClip]:
+    """``batch`` independent v2 training clips from one step's seed."""
+    return [make_scene_clip(seed * 1000 + i, num_frames, height, width) for i in range(batch)]

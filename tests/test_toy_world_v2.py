@@ -1,0 +1,130 @@
+"""World v2 (issue 7), as a specification: any colour with a minimum contrast, sizes from 12 % to
+50 % of the side, plain / gradient / textured backgrounds, object and camera motions, and exact
+ground truth (the rendered object sits where the recorded geometry says, in every frame)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reenact.toy import world
+
+SIDE = 32
+
+
+def _clips(n: int, start: int = 0, **kw) -> list[world.SceneClip]:
+    return [world.make_scene_clip(start + i, **kw) for i in range(n)]
+
+
+def test_a_v2_clip_is_a_pure_function_of_its_seed():
+    a, b, c = world.make_scene_clip(7), world.make_scene_clip(7), world.make_scene_clip(8)
+    assert torch.equal(a.video, b.video) and np.array_equal(a.centers, b.centers)
+    assert not torch.equal(a.video, c.video)
+    assert a.video.shape == (8, 3, SIDE, SIDE) and a.video.min() >= -1 and a.video.max() <= 1
+
+
+def test_every_motion_class_and_background_is_produced():
+    clips = _clips(200)
+    assert {c.motion for c in clips} == set(world.MOTIONS_V2)
+    assert {c.background for c in clips} == set(world.BACKGROUNDS)
+    assert all(c.background == "texture" for c in clips if c.motion in world.CAMERA_MOTIONS)
+
+
+def test_sizes_stay_in_range_and_the_object_stays_in_frame():
+    for c in _clips(150, 1000):
+        assert 0.12 * SIDE <= c.size <= 0.5 * SIDE
+        assert np.allclose(c.sizes, c.size * c.camera_scale)
+        half = c.sizes[:, None] / 2
+        assert np.all(c.centers - half >= 0) and np.all(c.centers + half <= SIDE)
+
+
+def test_the_object_colour_contrasts_with_every_background_pixel():
+    for c in _clips(120, 2000):
+        bg = c.masks == 0  # pixels the object does not touch
+        pix = c.video.permute(0, 2, 3, 1)[bg].double()
+        dist = (pix - torch.as_tensor(c.object_color)).norm(dim=1)
+        assert dist.min().item() >= world.MIN_CONTRAST - 1e-5, (c.meta, dist.min().item())
+    colours = np.stack([c.object_color for c in _clips(60, 3000)])
+    assert len(np.unique(colours.round(3), axis=0)) == 60  # a continuum, not a palette
+
+
+@pytest.mark.parametrize("motion", world.MOTIONS_V2)
+def test_ground_truth_is_exact_for_every_motion(motion):
+    """The rendered object's coverage centroid is the recorded centre (to the supersampling
+    grid), its area matches the recorded size, and the centres follow from the scene geometry."""
+    m = np.array([SIDE / 2, SIDE / 2])
+    for c in _clips(12, 4000, motion=motion, shape="square"):
+        assert c.motion == motion
+        expected = c.camera_scale[:, None] * (c.centers[0] - m + c.object_path) + m + c.camera_shift
+        assert np.allclose(c.centers, expected)
+        assert np.allclose(c.object_path[0], 0) and np.allclose(c.camera_shift[0], 0) and c.camera_scale[0] == 1
+        mk = c.masks.double()
+        pos = torch.arange(SIDE, dtype=torch.float64) + 0.5
+        cx = (mk.sum(1) * pos).sum(1) / mk.sum((1, 2))
+        cy = (mk.sum(2) * pos).sum(1) / mk.sum((1, 2))
+        got = torch.stack([cx, cy], 1).numpy()
+        assert np.abs(got - c.centers).max() < 0.3
+        assert np.allclose(mk.sum((1, 2)).numpy(), c.sizes**2, rtol=0.1, atol=1.0)
+        feats = c.motion_features()
+        assert feats.shape == (8, world.MOTION_FEATURES)
+        if motion in world.CAMERA_MOTIONS:
+            assert np.allclose(c.object_path, 0)
+            moved = np.abs(feats[:, 2:]).max()
+        else:
+            assert np.allclose(c.camera_shift, 0) and np.allclose(c.camera_scale, 1)
+            moved = np.abs(feats[:, :2]).max()
+        assert moved > 0.05  # every clip really moves
+
+
+def test_new_motions_have_their_shape():
+    c = world.make_scene_clip(11, motion="circle", size_range=(0.15, 0.15))
+    path = c.object_path
+    assert np.allclose(path[-1], 0, atol=1e-9)  # a full turn returns to the start
+    centre = path.mean(0)
+    r = np.linalg.norm(path - (path.max(0) + path.min(0)) / 2, axis=1)
+    assert np.std(r) < 0.15 * np.mean(r) and np.linalg.norm(centre) > 0
+    sg = world.make_scene_clip(12, motion="stop-and-go", size_range=(0.15, 0.15))
+    steps = np.linalg.norm(np.diff(sg.object_path, axis=0), axis=1)
+    assert (steps < 1e-9).any() and steps.max() > 1.5 * np.median(steps[steps > 1e-9])
+    z = world.make_scene_clip(13, motion="zoom")
+    ls = np.log(z.camera_scale)
+    assert np.allclose(np.diff(ls), ls[1] - ls[0]) and abs(ls[-1]) > 0.1  # constant-rate zoom
+    p = world.make_scene_clip(14, motion="pan")
+    d = np.diff(p.camera_shift, axis=0)
+    assert np.allclose(d, d[0])  # constant-velocity pan
+
+
+def test_a_pan_moves_the_textured_background_by_the_camera_shift():
+    """Away from the object and the frame border, the last frame is frame 0 moved by d_f: shifting
+    frame 0 by d_f rounded to whole pixels matches it far better than not shifting it."""
+    c = world.make_scene_clip(21, motion="pan", size_range=(0.12, 0.12))
+    d = c.camera_shift[-1]
+    ix, iy = int(round(d[0])), int(round(d[1]))
+    v0, vf = c.video[0], c.video[-1]
+    free = (c.masks[0] == 0) & (c.masks[-1] == 0)
+    ys, xs = torch.nonzero(free, as_tuple=True)
+    ok = (ys - iy >= 0) & (ys - iy < SIDE) & (xs - ix >= 0) & (xs - ix < SIDE)
+    ys, xs = ys[ok], xs[ok]
+    keep = (c.masks[0][ys - iy, xs - ix] == 0)
+    ys, xs = ys[keep], xs[keep]
+    err_shifted = (vf[:, ys, xs] - v0[:, ys - iy, xs - ix]).abs().mean()
+    err_still = (vf[:, ys, xs] - v0[:, ys, xs]).abs().mean()
+    assert err_shifted < 0.5 * err_still
+
+
+def test_v2_seeds_follow_the_same_disjoint_ranges():
+    ranges = sorted(world.SEED_RANGES.values())
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(ranges, ranges[1:]))
+    batch = world.make_scene_batch(3, 4)
+    assert [c.meta["seed"] for c in batch] == [3000, 3001, 3002, 3003]
+    assert all(world.SEED_RANGES["train"][0] <= c.meta["seed"] < world.SEED_RANGES["train"][1] for c in batch)
+
+
+def test_motion_features_of_a_v1_clip_have_a_still_camera():
+    c = world.make_clip(5)
+    f = world.motion_features(c)
+    assert np.array_equal(f[:, :2], c.displacements) and not f[:, 2:].any()
+    assert math.isclose(float(np.abs(f).max()), float(np.abs(c.displacements).max()))
