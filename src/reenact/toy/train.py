@@ -388,6 +388,9 @@ def write_model_card(out: Path, args, history: dict, wall: dict) -> None:
     resolved_line = (f"`--time-budget` resolved the step count to **{resolved['steps']}** at step {resolved['at_step']} "
                      f"({resolved['s_per_step']:.3f} s/step measured); to reproduce, run the same command with "
                      f"`--steps {resolved['steps']}` instead of `--time-budget`.\n" if resolved else "")
+    for earlier in history.get("earlier_resolutions", []):
+        resolved_line += (f"(An earlier command's `--time-budget` resolved `--steps {earlier['steps']}` at step "
+                          f"{earlier['at_step']}.)\n")
     text = f"""# reenact toy model (`--model toy`)
 
 An image-to-video model with Stable Video Diffusion's architecture at toy size, trained on the
@@ -579,6 +582,8 @@ def main(argv: list[str] | None = None) -> None:
             log(f"checkpoint from device {ck.get('device_type')}: noise stream reseeded at step {start_step}")
         history.setdefault("commands", [history.pop("command", "")]).append(command)
         history.pop("status", None)
+        if "resolved" in history:  # a new --time-budget resolves again; the card keeps the earlier ones
+            history.setdefault("earlier_resolutions", []).append(history.pop("resolved"))
         log(f"resumed at UNet step {start_step}")
     else:
         t0 = time.time()
