@@ -695,6 +695,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if previous is not None:  # a second SIGTERM must not cut the final save short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if args.workers > 0:  # nor DataLoader's SIGCHLD handler, should a worker die now
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         del stream
     wall["unet_s"] = time.time() - t0
     if step > start_step and "status" in history:  # ended early: keep the place for --resume
@@ -708,7 +710,14 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as e:  # noqa: BLE001 - the model must still be written
             log(f"final swap check failed: {type(e).__name__}: {e}")
     unet.eval()
-    export_model(out, unet, vae, clip, scheduler, processor, code, args, history, wall)
+    for attempt in (1, 2):
+        try:
+            export_model(out, unet, vae, clip, scheduler, processor, code, args, history, wall)
+            break
+        except Exception as e:  # noqa: BLE001 - one retry: this folder is the run's result
+            log(f"export failed ({type(e).__name__}: {e})" + ("; retrying" if attempt == 1 else ""))
+            if attempt == 2:
+                raise
     log(f"saved {out} at step {step} ({wall['unet_s'] / 60:.1f} min UNet, {(time.time() - t_start) / 60:.1f} min in all)")
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
