@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> None:
             log(f"export failed ({type(e).__name__}: {e})" + ("; retrying" if attempt == 1 else ""))
             if attempt == 2:
                 raise
-    log(f"saved {out} at step {step} ({wall['unet_s'] / 60:.1f} min UNet, {(time.time() - t_start) / 60:.1f} min in all)")
+    log(f"saved {out} at step {step} (UNet {wall['unet_s'] / 60:.1f} min over all runs; this run {(time.time() - t_start) / 60:.1f} min)")
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     if error is not None:
