@@ -646,10 +646,12 @@ def main(argv: list[str] | None = None) -> None:
                     checkpoint(step)
                     t3 = time.time()
                     per_step = rate + (t2 - t1) / args.check_every + (t3 - t2) / args.ckpt_every
+                    # the end needs one more check + export + checkpoint: keep at least twice that
+                    args.reserve = max(args.reserve, 2 * (t3 - t1))
                     left = budget - (time.time() - t_start) - args.reserve
                     args.steps = max(step + 1, step + int(0.95 * left / per_step))
                     history["resolved"] = {"steps": args.steps, "at_step": step, "s_per_step": rate,
-                                           "check_s": t2 - t1, "ckpt_s": t3 - t2}
+                                           "check_s": t2 - t1, "ckpt_s": t3 - t2, "reserve_s": args.reserve}
                     log(f"time budget: {rate:.3f} s/step (+ check {t2 - t1:.1f} s, checkpoint {t3 - t2:.1f} s), "
                         f"resolved --steps {args.steps}")
                 if time.time() - t_start > budget - args.reserve:
