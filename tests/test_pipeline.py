@@ -95,10 +95,27 @@ def test_without_an_embedding_it_is_stock_svd(tiny_pipe, tiny_svd_dir, image):
 
 
 def test_one_embedding_per_image_and_several_videos_per_image(tiny_pipe, image):
-    embs = torch.randn(2, F + 1, 2, D, generator=torch.Generator().manual_seed(0))
-    frames = generate(tiny_pipe, [image, image], motion_embedding=embs, num_videos_per_prompt=2)
-    assert frames.shape == (4, F, 3, SIZE, SIZE)
-    assert not torch.allclose(frames[0], frames[2])  # image 0 and image 1 have other motions
+    """Distinct images, distinct embeddings, 2 videos each: every video pairs its image with
+    that image's embedding. Each batched video is compared with the same image generated alone
+    (same starting latents) with its own embedding and with the other one."""
+    other_image = PIL.Image.fromarray(np.full((SIZE, SIZE, 3), (230, 40, 90), dtype=np.uint8))
+    images = [image, other_image]
+    embs = 3.0 * torch.randn(2, F + 1, 2, D, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(4, F, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(1))
+    common = {"noise_aug_strength": 0.0, "output_type": "latent"}  # no draw from the generator
+    batched = generate(tiny_pipe, images, motion_embedding=embs, num_videos_per_prompt=2,
+                       latents=latents, **common)
+    assert batched.shape == (4, F, 4, SIZE // 2, SIZE // 2)
+    for k in range(4):
+        b = k % 2  # diffusers tiles the image latents: video k animates image k % 2
+        mine = generate(tiny_pipe, images[b], motion_embedding=embs[b], latents=latents[k : k + 1],
+                        **common)
+        theirs = generate(tiny_pipe, images[b], motion_embedding=embs[1 - b],
+                          latents=latents[k : k + 1], **common)
+        gap = (mine - theirs).abs().max().item()
+        assert gap > 1e-2, "the two embeddings must give distinguishable videos"
+        # batched vs alone differs only by float32 summation order (~1e-6 here): far below gap
+        assert (batched[k : k + 1] - mine).abs().max().item() < 1e-3 * gap
 
 
 def test_frame_count_must_match_the_embedding(tiny_pipe, image):

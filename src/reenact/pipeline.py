@@ -108,8 +108,12 @@ class MotionTransferPipeline(StableVideoDiffusionPipeline):
             emb = emb.expand(batch, -1, -1)
         elif emb.shape[0] != batch:
             raise ConfigError(f"{emb.shape[0]} motion embeddings for {batch} images")
-        # one embedding per image, repeated for its videos (SVD's order: image-major)
-        emb = emb.repeat_interleave(num_videos_per_prompt, dim=0)
+        # One embedding per image, tiled for its videos the way SVD's _encode_vae_image tiles the
+        # image latents (`repeat`: video k of the batch is image k % batch). Stock SVD's own
+        # _encode_image orders its CLIP embeddings image-major instead, which pairs image 1's
+        # latent with image 0's CLIP token when num_videos_per_prompt > 1; with a motion
+        # embedding the motion must follow the latent it animates.
+        emb = emb.repeat(num_videos_per_prompt, 1, 1)
         if do_classifier_free_guidance:
             emb = torch.cat([torch.zeros_like(emb), emb])
         return emb
