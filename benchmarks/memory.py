@@ -34,6 +34,7 @@ allocator's fragmentation -- budget a margin for them on a GPU.
 Usage::
 
     python benchmarks/memory.py                 # full-size tables (meta accounting), ~1 min
+    python benchmarks/memory.py --hand-over-only   # old vs lean routing hand-over only
     python benchmarks/memory.py --validate      # + CPU measurements at reduced sizes and the fit (bf16, ~5 min)
     python benchmarks/memory.py --validate --validate-dtypes bf16 fp32   # the PERFORMANCE.md run, ~11 min
 """
@@ -237,20 +238,22 @@ def attention_kind(unet, kind: str):
 
 
 def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens: int = 5,
-                   attention: str = "sdpa", autocast: torch.dtype | None = None) -> dict:
+                   attention: str = "sdpa", autocast: torch.dtype | None = None,
+                   lean: bool = True) -> dict:
     """One optimisation step as ``reenact.inversion.invert`` runs it (batch 1, routing installed).
 
     The embedding is a float32 parameter ``(F+1, N, d)`` with Adam; the UNet is frozen and runs in
     its own dtype (or under ``torch.autocast(autocast)``: CPU tensors only, meta has no autocast);
     backward reaches the embedding only. ``checkpointing``: see :func:`checkpointing_mode`.
-    ``attention``: ``reenact.routing.set_attention``'s kind.
+    ``attention``: ``reenact.routing.set_attention``'s kind. ``lean``: the routing's hand-over
+    (``False``: the old one, where diffusers broadcasts the embedding).
     """
     device = unet.device
     tracker = LiveBytes(ignore=tuple(unet.parameters()))
     amp = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     t0 = time.perf_counter()
     with attention_kind(unet, attention), checkpointing_mode(unet, checkpointing), \
-            install_motion_routing(unet, tokens=tokens, num_frames=frames):
+            install_motion_routing(unet, tokens=tokens, num_frames=frames, lean=lean):
         with flash_attention(), tracker:
             param = torch.nn.Parameter(torch.randn(frames + 1, tokens, 1024, device=device) * 0.1)
             opt = torch.optim.Adam([param], lr=1e-2)
@@ -273,12 +276,13 @@ def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens
 
 
 def generation_step(unet, frames: int, h: int, w: int, routing: bool, tokens: int = 5,
-                    attention: str = "sdpa") -> dict:
+                    attention: str = "sdpa", lean: bool = True) -> dict:
     """One CFG denoising step: the UNet at batch 2, no grad (routing, or stock with ``tokens``)."""
     device = unet.device
     dtype = unet.dtype
     previous = set_attention(unet, attention)
-    handle = install_motion_routing(unet, tokens=tokens, num_frames=frames) if routing else None
+    handle = (install_motion_routing(unet, tokens=tokens, num_frames=frames, lean=lean)
+              if routing else None)
     tracker = LiveBytes(ignore=tuple(unet.parameters()))
     t0 = time.perf_counter()
     try:
@@ -429,6 +433,34 @@ def full_size_tables(shapes, dtypes) -> dict:
     return results
 
 
+def hand_over_table(shapes) -> dict:
+    """Peaks of the old routing hand-over (diffusers broadcasts the embedding) and the lean one
+    (``install_motion_routing(lean=True)``, the default): fp16 weights, inversion with the
+    library's checkpointing and the CFG generation step, at the 576x1024 shapes."""
+    results = {}
+    unet = build_unet("meta", torch.float16)
+    weights = param_bytes(unet)
+    print("\n### Routing hand-over: old (diffusers broadcasts the embedding) vs lean (the default)\n")
+    print("| workload | weights dtype | shape FxHxW | old: peak activations GB | lean: peak activations GB "
+          "| saved GB | old: peak GB | lean: peak GB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for frames, hp, wp in shapes:
+        if hp != 576:
+            continue
+        for what in ("inversion, diffusers + temporal-block checkpointing", "CFG generation"):
+            peaks = {}
+            for lean in (False, True):
+                if what.startswith("inversion"):
+                    peaks[lean] = inversion_step(unet, frames, hp // 8, wp // 8, checkpointing=2, lean=lean)["peak"]
+                else:
+                    peaks[lean] = generation_step(unet, frames, hp // 8, wp // 8, routing=True, lean=lean)["peak"]
+                results[("lean" if lean else "old", what.split(",")[0], frames, hp, wp)] = peaks[lean]
+            print(f"| {what} | fp16 | {frames}x{hp}x{wp} | {gb(peaks[False])} | {gb(peaks[True])} "
+                  f"| {gb(peaks[False] - peaks[True])} | {gb(weights + peaks[False])} "
+                  f"| {gb(weights + peaks[True])} |", flush=True)
+    return results
+
+
 def validate(args, meta_results: dict) -> None:
     """Method 2: CPU subprocesses at reduced sizes, the comparison and the extrapolation."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
@@ -493,6 +525,8 @@ def main(argv=None) -> int:
     w.add_argument("--dtype", choices=DTYPES, required=True)
     w.add_argument("--points", nargs="+", required=True)
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=DTYPES)
+    p.add_argument("--hand-over-only", action="store_true",
+                   help="only the routing hand-over table (old vs lean, fp16), ~1 min")
     p.add_argument("--validate", action="store_true", help="also measure on the CPU at reduced sizes")
     p.add_argument("--validate-dtypes", nargs="+", default=["bf16"], choices=DTYPES,
                    help="dtypes of the CPU runs (bf16 ~5 min, fp32 another ~6 min on 1 thread)")
@@ -509,7 +543,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}; peak = weights + peak live tensor bytes (LiveBytes); "
           f"attention through the flash kernel\n")
+    if args.hand_over_only:
+        hand_over_table(FULL_SHAPES)
+        print(f"\n(total {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        return 0
     results = full_size_tables(FULL_SHAPES, args.dtypes)
+    hand_over_table(FULL_SHAPES)
     if args.validate:
         validate(args, results)
     print(f"\n(total {time.perf_counter() - t0:.0f} s)", file=sys.stderr)

@@ -22,7 +22,8 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Union
@@ -39,8 +40,13 @@ __all__ = [
     "ANIMATED_SUFFIXES",
     "IMAGE_SUFFIXES",
     "OUTPUT_FORMATS",
+    "FPS_RANGE",
+    "ClipInfo",
     "read_frames",
+    "choose_indices",
     "select_frames",
+    "oriented_size",
+    "load_reference",
     "resize_center_crop",
     "load_video",
     "load_image",
@@ -131,159 +137,387 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 # --------------------------------------------------------------------------------------------
-# reading
+# reading: a timeline first (cheap), then only the frames that will be used
 # --------------------------------------------------------------------------------------------
 
-def _require_min_frames(path: Path, frames: list[Image.Image]) -> list[Image.Image]:
-    if len(frames) < 2:
-        n = len(frames)
+#: SVD's fps micro-conditioning range: Stability AI's reference sampling script
+#: (generative-models, scripts/sampling/simple_video_sample.py) warns below 5 and above 30 fps.
+#: The clip's effective rate is clamped to it for the conditioning and the written fps.
+FPS_RANGE = (5, 30)
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What :func:`load_reference` took from a clip, for the user and the embedding's metadata.
+
+    ``source_indices``: the F frames' positions in the source, in presentation order (what a
+    player shows as frame numbers). ``timestamps``: their presentation times in seconds
+    (``None`` for a frame folder, which has no timing). ``span_seconds``: last minus first of
+    those times. ``effective_fps`` = ``(F - 1) / span_seconds``: the rate at which the F frames
+    replay the motion in real time (a constant-rate clip used frame by frame gives its own
+    rate). ``fps``: that rate rounded and clamped to ``fps_range`` -- the fps micro-conditioning
+    and the fps to write results at (``None`` when the clip has no timing). ``source_frames``:
+    frames the source really holds (decoded or listed); ``header_frames``: what the container
+    header promised (``None`` if it says nothing). ``stored_size`` / ``display_size``:
+    ``(width, height)`` as stored and as displayed (non-square pixels and rotation applied).
+    ``size``: ``(height, width)`` the frames were fitted to. ``notes``: one-line remarks the
+    user should see (frames far apart in time, a truncated file, ...).
+    """
+
+    source: str
+    kind: str  # "video" | "animated" | "folder"
+    source_indices: tuple[int, ...]
+    timestamps: tuple[float, ...] | None
+    span_seconds: float | None
+    effective_fps: float | None
+    fps: int | None
+    fps_range: tuple[int, int]
+    source_frames: int
+    header_frames: int | None
+    source_fps: float | None
+    stored_size: tuple[int, int]
+    display_size: tuple[int, int]
+    size: tuple[int, int]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def display_aspect(self) -> float:
+        """Width / height as displayed."""
+        return self.display_size[0] / self.display_size[1]
+
+    def describe(self) -> str:
+        """One line: which frames, over how much time, at what size."""
+        first, last = self.source_indices[0], self.source_indices[-1]
+        text = (f"{self.source}: frames {first}..{last} of {self.source_frames}, "
+                f"{len(self.source_indices)} used")
+        if self.span_seconds is not None:
+            text += (f", {self.timestamps[0]:.2f}-{self.timestamps[-1]:.2f} s (span "
+                     f"{self.span_seconds:.2f} s, effective {self.effective_fps:.1f} fps)")
+        return text + f", fitted to {self.size[0]}x{self.size[1]}"
+
+    def to_metadata(self) -> dict[str, object]:
+        """JSON-ready record for an embedding's metadata (floats rounded to the microsecond)."""
+        out = asdict(self)
+        if self.timestamps is not None:
+            out["timestamps"] = [round(t, 6) for t in self.timestamps]
+        for key in ("span_seconds", "effective_fps", "source_fps"):
+            if out[key] is not None:
+                out[key] = round(out[key], 6)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        out["display_aspect"] = round(self.display_aspect, 6)
+        return out
+
+
+@dataclass
+class _Timeline:
+    """Every frame of a source in presentation order, before any pixel is decoded."""
+
+    kind: str
+    count: int
+    times: list[Fraction] | None  # seconds, ascending; None: no timing (frame folder)
+    header_frames: int | None = None
+    source_fps: float | None = None
+    pts: list[int] | None = None  # video: the stream's pts of each frame (to match decoded frames)
+    stream_index: int = 0
+    sar: Fraction = Fraction(1)
+    files: list[Path] = field(default_factory=list)  # folder
+    stored_size: tuple[int, int] | None = None  # video: (width, height) as coded
+
+
+def _require_min_frames(path: Path, count: int) -> None:
+    if count < 2:
         raise InputError(
-            f"{path}: has {n} frame{'' if n == 1 else 's'}; a motion reference needs at least 2"
+            f"{path}: has {count} frame{'' if count == 1 else 's'}; a motion reference needs at least 2"
         )
-    return frames
 
 
-def _read_folder(path: Path, limit: int | None) -> list[Image.Image]:
+def _folder_timeline(path: Path) -> _Timeline:
     files = sorted(
         (p for p in path.iterdir()
          if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _FOLDER_SUFFIXES),
         key=lambda p: _natural_key(p.name),
     )
     if not files:
+        raise InputError(f"{path}: folder has no frame images (png/jpg/jpeg/webp); {_HINT_VIDEO}")
+    return _Timeline(kind="folder", count=len(files), times=None, files=files)
+
+
+def _open_folder_frame(f: Path) -> Image.Image:
+    try:
+        with Image.open(f) as im:
+            im.load()
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except _PIL_ERRORS as e:
         raise InputError(
-            f"{path}: folder has no frame images (png/jpg/jpeg/webp); {_HINT_VIDEO}"
-        )
-    if limit is not None:
-        files = files[:limit]
-    frames = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                frames.append(_to_rgb(ImageOps.exif_transpose(im)))
-        except _PIL_ERRORS as e:
-            raise InputError(
-                f"{f}: not a readable image ({_short_reason(e, f)}); "
-                "fix or remove it from the frame folder"
-            ) from None
-    return frames
+            f"{f}: not a readable image ({_short_reason(e, f)}); fix or remove it from the frame folder"
+        ) from None
 
 
-def _read_animated(path: Path, limit: int | None) -> list[Image.Image]:
-    frames = []
+def _animated_timeline(path: Path) -> _Timeline:
+    """Frame times of a gif / webp / apng from the per-frame durations (milliseconds)."""
     try:
         with Image.open(path) as im:
-            n = getattr(im, "n_frames", 1)
-            for i in range(n if limit is None else min(n, limit)):
+            count = getattr(im, "n_frames", 1)
+            times, t = [], Fraction(0)
+            for i in range(count):
                 im.seek(i)
-                # Pillow composites GIF/WebP deltas for us; copy because seek() mutates ``im``.
-                frames.append(_to_rgb(im))
+                times.append(t)
+                duration = im.info.get("duration") or 0
+                t += Fraction(duration).limit_denominator(1000) / 1000
     except _PIL_ERRORS as e:
         raise InputError(
             f"{path}: not a readable animated image ({_short_reason(e, path)}); {_HINT_VIDEO}"
         ) from None
-    return frames
+    if count > 1 and times[-1] == 0:  # no durations stored: no timing
+        times = None
+    return _Timeline(kind="animated", count=count, times=times)
 
 
-def _read_av(path: Path, limit: int | None) -> list[Image.Image]:
+def _pick_stream(container, path: Path):
+    """The real video stream: never a cover picture; the default-flagged one; then the longest.
+
+    An mkv / mp4 may carry cover art as a one-frame video stream listed first (flagged
+    ``attached_pic``, or just short); ffmpeg's players show the default video track instead.
+    """
+    streams = list(container.streams.video)
+    if not streams:
+        raise InputError(f"{path}: has no video stream; {_HINT_VIDEO}")
+    attached = av_disposition("attached_pic")
+    default = av_disposition("default")
+    moving = [s for s in streams if not (s.disposition & attached)] or streams
+
+    def length(s) -> float:
+        if s.frames:
+            return float(s.frames)
+        if s.duration and s.time_base:
+            return float(s.duration * s.time_base)
+        return 0.0
+
+    return max(moving, key=lambda s: (bool(s.disposition & default), length(s), -s.index))
+
+
+def av_disposition(name: str) -> int:
+    """A stream-disposition flag of PyAV (``av.stream.Disposition``), as an int."""
+    from av.stream import Disposition
+
+    return int(getattr(Disposition, name))
+
+
+def _open_av(path: Path):
     import av  # local: keeps `import reenact.video` cheap for code that only handles images
 
-    frames: list[Image.Image] = []
     try:
-        with av.open(str(path), mode="r") as container:
-            if not container.streams.video:
-                raise InputError(f"{path}: has no video stream; {_HINT_VIDEO}")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                img = frame.to_image()  # RGB24
-                rot = frame.rotation
-                # Phone clips are stored sideways with a display matrix; show them upright.
-                if rot and rot % 360:
-                    img = img.rotate(rot, expand=True)
-                frames.append(img)
-                if limit is not None and len(frames) >= limit:
-                    break
+        return av.open(str(path), mode="r")
     except av.FFmpegError as e:
-        raise InputError(
-            f"{path}: not a readable video ({_short_reason(e, path)}); {_HINT_VIDEO}"
-        ) from None
+        raise InputError(f"{path}: not a readable video ({_short_reason(e, path)}); {_HINT_VIDEO}") from None
     except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({_short_reason(e, path)}); {_HINT_VIDEO}") from None
+
+
+def _av_timeline(path: Path) -> _Timeline:
+    """Presentation times of every frame from the packets alone (demuxing, no decoding)."""
+    import av
+
+    container = _open_av(path)
+    try:
+        stream = _pick_stream(container, path)
+        tb = stream.time_base or Fraction(1, 1_000_000)
+        pts: list[int] = []
+        unknown = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's flush packet
+                if packet.pts is None:
+                    unknown += 1
+                else:
+                    pts.append(int(packet.pts))
+        except av.FFmpegError as e:
+            if not pts and not unknown:
+                raise InputError(
+                    f"{path}: not a readable video ({_short_reason(e, path)}); {_HINT_VIDEO}"
+                ) from None
+        sar = stream.sample_aspect_ratio
+        rate = stream.average_rate or stream.guessed_rate
+        timeline = _Timeline(
+            kind="video", count=len(pts) + unknown, times=None,
+            header_frames=int(stream.frames) or None,
+            source_fps=float(rate) if rate else None,
+            stream_index=stream.index,
+            sar=Fraction(sar) if sar and sar > 0 else Fraction(1),
+            stored_size=(stream.codec_context.width, stream.codec_context.height) or None,
+        )
+    except av.FFmpegError as e:
+        raise InputError(f"{path}: not a readable video ({_short_reason(e, path)}); {_HINT_VIDEO}") from None
+    finally:
+        container.close()
+    if unknown == 0 and len(set(pts)) == len(pts):
+        pts.sort()  # packets come in decode order; frames are shown in pts order
+        timeline.pts = pts
+        timeline.times = [Fraction(p - pts[0]) * tb for p in pts] if pts else []
+    return timeline
+
+
+def _timeline(path: Path) -> _Timeline:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; {_HINT_VIDEO}")
+    if path.is_dir():
+        return _folder_timeline(path)
+    suffix = path.suffix.lower()
+    if suffix in ANIMATED_SUFFIXES or suffix == ".apng":
+        return _animated_timeline(path)
+    if suffix in IMAGE_SUFFIXES:
+        frames = _image_frame_count(path)
+        if frames > 1:  # an animated png (or a multi-frame image): a clip
+            return _animated_timeline(path)
         raise InputError(
-            f"{path}: cannot read ({_short_reason(e, path)}); {_HINT_VIDEO}"
-        ) from None
-    return frames
+            f"{path}: is a still image; a motion reference needs a video, an animated gif/png "
+            "or a folder of frames"
+        )
+    return _av_timeline(path)
 
 
-def read_frames(path: PathLike, limit: int | None = None) -> list[Image.Image]:
-    """Decode every frame of a motion reference into RGB PIL images.
+def _image_frame_count(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except _PIL_ERRORS as e:
+        raise InputError(f"{path}: not a readable image ({_short_reason(e, path)}); {_HINT_IMAGE}") from None
 
-    Accepts a video file (mp4/mov/webm/mkv/avi via PyAV; other suffixes are tried with PyAV
-    too), an animated gif/webp (via PIL, which composites delta frames), or a folder of frame
-    images (png/jpg/jpeg/webp, natural-sorted so ``frame_2`` precedes ``frame_10``; hidden
-    files and other files are ignored). Transparency is flattened on white; a display-matrix
-    rotation (phone videos) is applied so frames are upright.
 
-    ``limit`` stops decoding after that many frames: long clips are decoded to PIL images in
-    memory, so callers that only use the first ``end`` frames (see :func:`load_video`) should
-    pass it. At least 2 frames must be read -- one frame carries no motion.
+Fit = Callable[[Image.Image], Image.Image]
 
-    Note that GIF writers (PIL's included) merge consecutive identical frames into one longer
-    frame; frames are returned as stored, not expanded by their durations.
 
-    Raises :class:`InputError` (one line, naming the file) for a missing path, a folder with no
-    images, an undecodable file, or a clip with fewer than 2 frames.
-    """
-    p = Path(path)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1 (got {limit})")
-    if not p.exists():
-        raise InputError(f"{p}: no such file or folder; {_HINT_VIDEO}")
-    if p.is_dir():
-        frames = _read_folder(p, limit)
-    else:
-        suffix = p.suffix.lower()
-        if suffix in ANIMATED_SUFFIXES:
-            frames = _read_animated(p, limit)
-        elif suffix in IMAGE_SUFFIXES:
+def _decode(path: Path, timeline: _Timeline, wanted: Sequence[int], fit: Fit) -> dict[int, Image.Image]:
+    """The frames at positions ``wanted`` (ascending), each passed through ``fit`` as soon as it
+    is decoded, so at most one full-resolution frame is alive at a time."""
+    want = set(wanted)
+    out: dict[int, Image.Image] = {}
+    if timeline.kind == "folder":
+        for i in sorted(want):
+            out[i] = fit(_open_folder_frame(timeline.files[i]))
+        return out
+    if timeline.kind == "animated":
+        try:
+            with Image.open(path) as im:
+                for i in sorted(want):
+                    im.seek(i)  # Pillow composites gif/webp/apng deltas while seeking
+                    out[i] = fit(_to_rgb(im))
+        except _PIL_ERRORS as e:
             raise InputError(
-                f"{p}: is a still image; a motion reference needs a video, an animated gif "
-                "or a folder of frames"
-            )
-        else:
-            frames = _read_av(p, limit)
-    if limit is None or limit >= 2:
-        _require_min_frames(p, frames)
-    return frames
+                f"{path}: not a readable animated image ({_short_reason(e, path)}); {_HINT_VIDEO}"
+            ) from None
+        return out
+    return _decode_av(path, timeline, want, fit)
+
+
+def _decode_av(path: Path, timeline: _Timeline, want: set[int], fit: Fit) -> dict[int, Image.Image]:
+    """Decode the stream in order, keeping (fitted) only the wanted frames; stop after the last.
+
+    Frames are matched to positions by their pts when the timeline has them, else by the order
+    they come out of the decoder. Wanted frames that never decode are simply missing from the
+    result (the caller handles a truncated file).
+    """
+    index_of = {p: i for i, p in enumerate(timeline.pts)} if timeline.pts is not None else None
+    out: dict[int, Image.Image] = {}
+    container = _open_av(path)
+    try:
+        stream = container.streams[timeline.stream_index]
+        stream.thread_type = "AUTO"
+        position = -1
+        for frame in _decoded_frames(container, stream):
+            position = index_of.get(frame.pts, -1) if index_of is not None else position + 1
+            if position in want:
+                out[position] = fit(_upright(frame, timeline.sar))
+                if len(out) == len(want):
+                    break  # nothing after the last chosen frame is decoded
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({_short_reason(e, path)}); {_HINT_VIDEO}") from None
+    finally:
+        container.close()
+    return out
+
+
+def _decoded_frames(container, stream) -> Iterator:
+    """Every frame of ``stream`` that decodes, in presentation order; a packet that fails to
+    decode (a damaged or truncated file) is skipped instead of ending the clip."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError:
+            return  # the container itself ends badly: nothing more can be demuxed
+        try:
+            frames = packet.decode()  # the flush packet at the end drains the decoder
+        except av.FFmpegError:
+            continue
+        yield from frames
+
+
+def _upright(frame, sar: Fraction) -> Image.Image:
+    """An RGB image as a player shows the frame: square pixels, display rotation applied."""
+    img = frame.to_image()  # RGB24
+    if sar != 1:
+        img = img.resize((max(1, round(img.width * sar)), img.height), Image.Resampling.LANCZOS)
+    rot = frame.rotation
+    if rot and rot % 360:  # phone clips are stored sideways with a display matrix
+        img = img.rotate(rot, expand=True)
+    return img
+
+
+def _all_decoded_times(path: Path, timeline: _Timeline) -> None:
+    """Replace ``timeline``'s frames by those that really decode (one full decoding pass, no
+    pixels kept): for a truncated or damaged file whose packets promise more than it holds."""
+    tb = None
+    pts: list[int] = []
+    container = _open_av(path)
+    try:
+        stream = container.streams[timeline.stream_index]
+        stream.thread_type = "AUTO"
+        tb = stream.time_base or Fraction(1, 1_000_000)
+        for frame in _decoded_frames(container, stream):
+            pts.append(frame.pts if frame.pts is not None else len(pts))
+    finally:
+        container.close()
+    pts = sorted(set(pts))
+    timeline.count = len(pts)
+    timeline.pts = pts
+    timeline.times = [Fraction(p - pts[0]) * tb for p in pts] if pts else []
 
 
 # --------------------------------------------------------------------------------------------
 # temporal resampling and spatial fitting
 # --------------------------------------------------------------------------------------------
 
-def select_frames(
-    frames: Sequence[Image.Image] | Sequence,
+def choose_indices(
+    count: int,
     num_frames: int,
     start: int = 0,
     end: int | None = None,
     stride: int = 1,
-) -> list:
-    """Choose exactly ``num_frames`` frames from the clip's range ``frames[start:end:stride]``.
+    times: Sequence[Fraction | int | float] | None = None,
+) -> list[int]:
+    """Positions of ``num_frames`` frames of a ``count``-frame clip, evenly spaced in *time*.
 
-    ``start`` and ``end`` are *frame indices* (``end`` exclusive, ``None`` = to the last frame),
-    not seconds: frame rates of user clips vary and are often wrong in the container, whereas
-    indices are what the user sees when scrubbing frame folders. ``stride`` keeps every k-th
-    frame of that range (a cheap way to speed up slow motion before resampling).
+    The range ``[start:end:stride]`` is in frame indices (``end`` exclusive, ``None`` = to the
+    last frame): frame numbers are what the user sees when scrubbing, while container rates are
+    often wrong. Within the kept frames, ``num_frames`` target times are spaced evenly from the
+    first kept frame's time to the last's, and each takes the kept frame nearest to it (a tie
+    takes the later one). With ``times=None`` (or a constant frame rate) time is the index, so
+    this is nearest-index sampling over ``linspace``; with the real presentation times of a
+    variable-frame-rate phone clip, bursts of frames do not get more samples than pauses.
+    The first and last kept frames are always included; a clip shorter than ``num_frames`` is
+    upsampled by repeating frames (never interpolated, so no blur is invented).
 
-    The kept frames are then resampled uniformly in time to ``num_frames`` by nearest-index
-    sampling over ``linspace(0, len(kept) - 1, num_frames)``: the first and last kept frames
-    are always included, so the whole motion fits the model's F frames; a clip shorter than
-    ``num_frames`` is upsampled by repeating frames (never interpolated, so no blur is invented).
-
-    Raises :class:`ConfigError` for inconsistent arguments (``num_frames < 1``, ``stride < 1``,
-    ``start < 0``, ``end <= start``) and :class:`InputError` when the clip is too short for the
-    requested range or the range keeps fewer than 2 frames. Messages do not name a file;
-    :func:`load_video` prefixes them with the path.
+    Raises :class:`ConfigError` for inconsistent arguments and :class:`InputError` when the
+    clip is too short for the range or the range keeps fewer than 2 frames (messages do not
+    name a file; callers prefix the path).
     """
     if not isinstance(num_frames, numbers.Integral) or num_frames < 1:
         raise ConfigError(f"number of frames must be a positive integer (got {num_frames!r})")
@@ -293,21 +527,59 @@ def select_frames(
         raise ConfigError(f"start must be a frame index >= 0 (got {start!r})")
     if end is not None and (not isinstance(end, numbers.Integral) or end <= start):
         raise ConfigError(f"end must be a frame index greater than start={start} (got {end!r})")
-    n = len(frames)
+    n = count
     if start >= n:
         raise InputError(f"start={start} is past the clip's last frame (it has {n} frames)")
     if end is not None and end > n:
         raise InputError(f"end={end} is past the clip's end (it has {n} frames)")
-    kept = list(frames)[int(start):None if end is None else int(end):int(stride)]
+    kept = list(range(n))[int(start):None if end is None else int(end):int(stride)]
     if len(kept) < 2:
         raise InputError(
             f"the range start={start} end={end} stride={stride} keeps {len(kept)} frame of "
             f"{n}; a motion reference needs at least 2"
         )
-    positions = np.linspace(0.0, len(kept) - 1, num_frames)
-    # floor(x + 0.5): round half up, deterministic (numpy's round is half-to-even).
-    idx = np.floor(positions + 0.5).astype(np.int64)
-    return [kept[i] for i in idx]
+    t = [Fraction(i) for i in kept] if times is None else [Fraction(times[i]) for i in kept]
+    if num_frames == 1:
+        return [kept[0]]
+    first, total = t[0], t[-1] - t[0]
+    chosen = []
+    j = 0
+    for k in range(num_frames):
+        target = first + total * k / (num_frames - 1)  # exact: Fractions
+        while j + 1 < len(t) and t[j + 1] <= target:
+            j += 1
+        # t[j] <= target < t[j + 1] (or j is the last); a tie goes to the later frame
+        if j + 1 < len(t) and t[j + 1] - target <= target - t[j]:
+            chosen.append(kept[j + 1])
+        else:
+            chosen.append(kept[j])
+    return chosen
+
+
+def select_frames(
+    frames: Sequence[Image.Image] | Sequence,
+    num_frames: int,
+    start: int = 0,
+    end: int | None = None,
+    stride: int = 1,
+    times: Sequence[Fraction | int | float] | None = None,
+) -> list:
+    """``[frames[i] for i in choose_indices(len(frames), ...)]``: see :func:`choose_indices`."""
+    idx = choose_indices(len(frames), num_frames, start=start, end=end, stride=stride, times=times)
+    return [frames[i] for i in idx]
+
+
+def oriented_size(height: int, width: int, aspect: float) -> tuple[int, int]:
+    """``(height, width)`` turned to the source's orientation: a portrait source (aspect < 1)
+    gets ``max x min`` (e.g. 1024x576 for SVD's 576x1024), a landscape one ``min x max``, a
+    square one the size as given. For sizes the user did *not* choose: a standing person in a
+    portrait clip keeps most of the frame instead of a centre strip."""
+    lo, hi = sorted((height, width))
+    if aspect < 1:
+        return hi, lo
+    if aspect > 1:
+        return lo, hi
+    return height, width
 
 
 def resize_center_crop(img: Image.Image, height: int, width: int) -> Image.Image:
@@ -357,6 +629,159 @@ def tensor_to_images(video: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a, mode="RGB") for a in arr]
 
 
+def read_frames(path: PathLike, limit: int | None = None) -> list[Image.Image]:
+    """Decode the frames of a motion reference (the first ``limit``, or all) into RGB images.
+
+    Accepts a video file (mp4/mov/webm/mkv/avi via PyAV; other suffixes are tried with PyAV
+    too; the real video stream is used, never a cover picture), an animated gif/webp/png (via
+    PIL, which composites delta frames), or a folder of frame images (png/jpg/jpeg/webp,
+    natural-sorted so ``frame_2`` precedes ``frame_10``; hidden and other files are ignored).
+    Transparency is flattened on white; non-square pixels are resampled to the display aspect
+    and a display-matrix rotation (phone videos) is applied, so frames look as a player shows
+    them. At least 2 frames must be read -- one frame carries no motion.
+
+    This holds every returned frame at full resolution: for inspecting short clips and tests.
+    To feed a model use :func:`load_reference`, which decodes only the frames it uses.
+
+    Note that GIF writers (PIL's included) merge consecutive identical frames into one longer
+    frame; frames are returned as stored, not expanded by their durations.
+
+    Raises :class:`InputError` (one line, naming the file) for a missing path, a folder with no
+    images, an undecodable file, a still image, or a clip with fewer than 2 frames.
+    """
+    p = Path(path)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (got {limit})")
+    timeline = _timeline(p)
+    n = timeline.count if limit is None else min(limit, timeline.count)
+    decoded = _decode(p, timeline, list(range(n)), fit=lambda img: img) if n else {}
+    frames = [decoded[i] for i in sorted(decoded)]
+    if limit is None or limit >= 2:
+        _require_min_frames(p, len(frames))
+    return frames
+
+
+def load_reference(
+    path: PathLike,
+    num_frames: int,
+    height: int | None = None,
+    width: int | None = None,
+    start: int = 0,
+    end: int | None = None,
+    stride: int = 1,
+    native_size: tuple[int, int] | None = None,
+    fps_range: tuple[int, int] = FPS_RANGE,
+) -> tuple[torch.Tensor, ClipInfo]:
+    """Read a motion reference as the model sees it: ``(num_frames, 3, H, W)`` and a :class:`ClipInfo`.
+
+    Streams: the container's packets give every frame's presentation time first (no decoding);
+    :func:`choose_indices` picks ``num_frames`` of the range ``[start:end:stride]`` (frame
+    indices) evenly spaced in time; then the stream is decoded once, up to the last chosen
+    frame, and only the chosen frames are converted and fitted (:func:`resize_center_crop`)
+    as they come out of the decoder -- so memory holds one full-resolution frame plus F small
+    ones, whatever the clip's length and resolution.
+
+    Size: ``height`` x ``width`` if both are given; otherwise ``native_size`` (the model's
+    ``(H, W)``) turned to the clip's display orientation by :func:`oriented_size` (a portrait
+    clip gets a portrait size). Returns float32 in ``[-1, 1]``.
+
+    The info's ``notes`` say what the user should know: frames far apart in time (effective
+    rate below ``fps_range``; the default is to use the whole range given, and the note says
+    which ``end`` would keep the model's pace), frames closer than the range allows, and a file
+    that holds fewer frames than its header promises (a truncated download): then the frames
+    that do decode are used. Every user-caused problem raises :class:`InputError` /
+    :class:`ConfigError` whose message starts with the path.
+    """
+    p = Path(path)
+    if (height is None) != (width is None):
+        raise ConfigError("give both height and width, or neither")
+    if height is None and native_size is None:
+        raise ConfigError("give height and width, or the model's native_size")
+    if height is not None and (height < 1 or width < 1):
+        raise ConfigError(f"resolution must be positive (got {height}x{width})")
+    timeline = _timeline(p)
+    _require_min_frames(p, timeline.count)
+    notes: list[str] = []
+    seen: dict[str, tuple[int, int]] = {}
+
+    def fit(img: Image.Image) -> Image.Image:
+        if "target" not in seen:  # the first chosen frame decides (all frames share a size)
+            seen["display"] = img.size
+            if height is not None:
+                seen["target"] = (height, width)
+            else:
+                seen["target"] = oriented_size(*native_size, img.width / img.height)
+        return resize_center_crop(img, *seen["target"])
+
+    def choose() -> list[int]:
+        try:
+            return choose_indices(timeline.count, num_frames, start, end, stride, timeline.times)
+        except InputError as e:
+            raise InputError(f"{p}: {e}") from None
+
+    idx = choose()
+    chosen = _decode(p, timeline, sorted(set(idx)), fit)
+    promised = timeline.header_frames
+    if len(chosen) < len(set(idx)):  # packets that do not decode: a damaged or truncated tail
+        listed = timeline.count
+        _all_decoded_times(p, timeline)
+        _require_min_frames(p, timeline.count)
+        promised = max(promised or 0, listed)
+        idx = choose()
+        chosen = _decode(p, timeline, sorted(set(idx)), fit)
+        if len(chosen) < len(set(idx)):
+            raise InputError(f"{p}: frames that decoded once failed to decode again; the file is damaged")
+    if promised and promised - timeline.count > max(2, promised // 20):
+        notes.append(f"{p}: the header promises {promised} frames but only {timeline.count} can be "
+                     f"read (a truncated or damaged file?); using those {timeline.count}")
+
+    times = None if timeline.times is None else tuple(float(timeline.times[i]) for i in idx)
+    span = effective = fps = None
+    lo, hi = fps_range
+    if times is not None and num_frames > 1 and times[-1] > times[0]:
+        span = times[-1] - times[0]
+        effective = (num_frames - 1) / span
+        fps = int(round(min(max(effective, lo), hi)))
+        gap = span / (num_frames - 1)
+        if effective < lo:
+            window = Fraction(num_frames - 1, lo)  # the longest span that keeps the rate >= lo
+            first = timeline.times[idx[0]]
+            end_at = next((i for i, t in enumerate(timeline.times) if t - first > window), timeline.count)
+            notes.append(
+                f"{p}: the {num_frames} frames span {span:.1f} s ({gap:.2f} s apart, "
+                f"{effective:.1f} fps) -- slower than the model's {lo}-{hi} fps, so fast motion is "
+                f"sampled coarsely and the fps conditioning is clamped to {lo}; for the model's pace "
+                f"use a shorter range, e.g. end={end_at}"
+            )
+        elif effective > hi:
+            notes.append(
+                f"{p}: the {num_frames} frames are only {gap * 1000:.0f} ms apart ({effective:.0f} "
+                f"fps, above the model's {lo}-{hi} fps): the motion plays slowed down; the fps "
+                f"conditioning is clamped to {hi} (a stride > 1 spreads the frames)"
+            )
+    first = chosen[min(chosen)]
+    display = seen.get("display", first.size)
+    stored = timeline.stored_size or display
+    info = ClipInfo(
+        source=p.name,
+        kind=timeline.kind,
+        source_indices=tuple(int(i) for i in idx),
+        timestamps=times,
+        span_seconds=span,
+        effective_fps=effective,
+        fps=fps,
+        fps_range=(lo, hi),
+        source_frames=timeline.count,
+        header_frames=timeline.header_frames,
+        source_fps=timeline.source_fps,
+        stored_size=tuple(stored),
+        display_size=tuple(display),
+        size=tuple(seen["target"]),
+        notes=tuple(notes),
+    )
+    return torch.stack([image_to_tensor(chosen[i]) for i in idx]), info
+
+
 def load_video(
     path: PathLike,
     num_frames: int,
@@ -366,22 +791,8 @@ def load_video(
     end: int | None = None,
     stride: int = 1,
 ) -> torch.Tensor:
-    """Read a motion reference and bring it to the model's shape: ``(num_frames, 3, H, W)``.
-
-    Chains :func:`read_frames` (decoding stops at ``end``), :func:`select_frames` and
-    :func:`resize_center_crop`; returns float32 in ``[-1, 1]``. ``start``/``end`` are frame
-    indices (end exclusive), ``stride`` keeps every k-th frame. Every user-caused problem
-    raises :class:`InputError`/:class:`ConfigError` whose message starts with the path.
-    """
-    p = Path(path)
-    if height < 1 or width < 1:
-        raise ConfigError(f"resolution must be positive (got {height}x{width})")
-    frames = read_frames(p, limit=end if (end is not None and end >= 2) else None)
-    try:
-        chosen = select_frames(frames, num_frames, start=start, end=end, stride=stride)
-    except InputError as e:
-        raise InputError(f"{p}: {e}") from None
-    return torch.stack([image_to_tensor(resize_center_crop(f, height, width)) for f in chosen])
+    """:func:`load_reference` at a given size, frames only: ``(num_frames, 3, H, W)`` in ``[-1, 1]``."""
+    return load_reference(path, num_frames, height, width, start=start, end=end, stride=stride)[0]
 
 
 def load_image(path: PathLike, height: int | None = None, width: int | None = None) -> Image.Image:
@@ -389,10 +800,12 @@ def load_image(path: PathLike, height: int | None = None, width: int | None = No
 
     The EXIF orientation is applied (phone photos are stored sideways), transparency is
     flattened on white and greyscale expanded to RGB, so every later step can assume plain
-    RGB. For an animated file the first frame is used. Give both ``height`` and ``width`` to
+    RGB. An animated gif/png/webp is refused (which of its frames is "the image" is the user's
+    choice; it can serve as a motion reference instead). Give both ``height`` and ``width`` to
     fit the image with :func:`resize_center_crop`, or neither.
 
-    Raises :class:`InputError` naming the file when it is missing, a folder, or not decodable.
+    Raises :class:`InputError` naming the file when it is missing, a folder, animated or not
+    decodable.
     """
     p = Path(path)
     if (height is None) != (width is None):
@@ -403,6 +816,12 @@ def load_image(path: PathLike, height: int | None = None, width: int | None = No
         raise InputError(f"{p}: is a folder, not an image; {_HINT_IMAGE}")
     try:
         with Image.open(p) as im:
+            frames = int(getattr(im, "n_frames", 1))
+            if frames > 1 and im.format in ("GIF", "PNG", "WEBP"):  # not MPO: a camera jpeg's preview
+                raise InputError(
+                    f"{p}: is animated ({frames} frames), not a still image; export the frame to "
+                    "animate as a png/jpg (an animated file can be a motion reference)"
+                )
             im.load()
             img = _to_rgb(ImageOps.exif_transpose(im))
     except _PIL_ERRORS as e:
