@@ -447,14 +447,17 @@ def hand_over_table(shapes) -> dict:
     for frames, hp, wp in shapes:
         if hp != 576:
             continue
-        for what in ("inversion, diffusers + temporal-block checkpointing", "CFG generation"):
+        for what in ("inversion, diffusers + temporal-block checkpointing", "inversion, no checkpointing",
+                     "CFG generation"):
             peaks = {}
             for lean in (False, True):
                 if what.startswith("inversion"):
-                    peaks[lean] = inversion_step(unet, frames, hp // 8, wp // 8, checkpointing=2, lean=lean)["peak"]
+                    ckpt = 2 if "temporal" in what else 0
+                    peaks[lean] = inversion_step(unet, frames, hp // 8, wp // 8, checkpointing=ckpt,
+                                                 lean=lean)["peak"]
                 else:
                     peaks[lean] = generation_step(unet, frames, hp // 8, wp // 8, routing=True, lean=lean)["peak"]
-                results[("lean" if lean else "old", what.split(",")[0], frames, hp, wp)] = peaks[lean]
+                results[("lean" if lean else "old", what, frames, hp, wp)] = peaks[lean]
             print(f"| {what} | fp16 | {frames}x{hp}x{wp} | {gb(peaks[False])} | {gb(peaks[True])} "
                   f"| {gb(peaks[False] - peaks[True])} | {gb(weights + peaks[False])} "
                   f"| {gb(weights + peaks[True])} |", flush=True)

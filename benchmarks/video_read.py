@@ -33,20 +33,22 @@ def make_clip(path: Path, seconds: float, width: int, height: int, fps: int) -> 
     import numpy as np
 
     t0 = time.perf_counter()
+    tmp = path.with_name(path.name + ".part.mp4")
     yy, xx = np.mgrid[0:height, 0:width]
-    base = ((xx + yy) % 256).astype(np.uint8)
-    with av.open(str(path), "w") as c:
+    base = ((xx + yy) % 256).astype(np.uint16)
+    with av.open(str(tmp), "w") as c:
         s = c.add_stream("libx264", rate=Fraction(fps))
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
         s.options = {"preset": "ultrafast", "crf": "23"}
         for i in range(int(seconds * fps)):
-            a = np.repeat(((base + 3 * i) % 256)[..., None], 3, axis=2)
+            a = np.repeat(((base + 3 * i) % 256).astype(np.uint8)[..., None], 3, axis=2)
             x = (i * 17) % (width - 200)
             a[400:600, x:x + 200] = (240, 60, 60)
             for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+    tmp.replace(path)  # a --keep clip is complete or absent
     return time.perf_counter() - t0
 
 
