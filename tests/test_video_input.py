@@ -232,3 +232,20 @@ def test_a_1080p_clip_is_never_held_whole(tmp_path, monkeypatch):
     frames, info = V.load_reference(path, 5, 72, 128)
     assert frames.shape == (5, 3, 72, 128)
     assert len(alive) == 5 and info.display_size == (1920, 1080)
+
+
+def test_frame_folders_have_no_timing_and_gifs_use_their_durations(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(grey(i)).save(folder / f"f{i}.png")
+    clip, info = V.load_reference(folder, 3, 48, 64)
+    assert list(info.source_indices) == [0, 3, 5] and [frame_index(f) for f in clip] == [0, 3, 5]
+    assert info.kind == "folder" and info.timestamps is None and info.fps is None
+    assert info.span_seconds is None and info.notes == ()
+    gif = tmp_path / "clip.gif"
+    images = [Image.fromarray(grey(i)) for i in range(5)]
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=[100, 100, 500, 100, 100])
+    _, info = V.load_reference(gif, 3, 48, 64)
+    assert info.timestamps == pytest.approx([0.0, 0.2, 0.8])  # middle target 0.4 s: frame 2 (0.2 s)
+    assert list(info.source_indices) == [0, 2, 4]
