@@ -131,8 +131,9 @@ def checkpointing():
     try:
         from reenact.inversion import gradient_checkpointing
         return gradient_checkpointing, "reenact.inversion.gradient_checkpointing"
-    except ImportError as e:
-        return _checkpointing, f"this script's copy (reenact.inversion not importable: {e})"
+    except Exception as e:  # noqa: BLE001 -- ImportError, or a mismatched transformers failing oddly
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return _checkpointing, f"this script's copy (reenact.inversion not importable: {reason})"
 
 
 def routing(unet, tokens: int, frames: int, mode: str):
