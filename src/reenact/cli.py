@@ -1,4 +1,4 @@
-"""Command line: ``reenact invert | animate | reconstruct | info | demo | bench``.
+"""Command line: ``reenact invert | animate | reconstruct | info | demo | bench | ui``.
 
 Thin by design (STYLE.md): each command parses its flags, validates what the user gave *before*
 loading any model (numbers in range, input files readable, output writable), calls the library,
@@ -36,7 +36,7 @@ with quiet_libraries():
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from reenact import embedding, inversion, models, routing, video
+    from reenact import embedding, inversion, models, routing, studio, video
     from reenact.embedding import MotionEmbedding
     from reenact.inversion import InversionConfig
     from reenact.metrics import frame_psnr
@@ -469,6 +469,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``reenact ui``: serve the web UI (:mod:`reenact.app`) until Ctrl-C."""
+    _require(1 <= args.port <= 65535, f"--port must be in 1..65535 (got {args.port})")
+    if importlib.util.find_spec("gradio") is None:
+        raise ReenactError("the web UI needs gradio: pip install 'reenact[ui]' (or pip install gradio)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"reenact: note: serving on {args.host}: anyone who can reach this machine on port "
+              f"{args.port} can use the UI, run jobs on it and download what is in "
+              f"{args.share_dir}", file=sys.stderr)
+    with quiet_libraries():
+        from reenact import app  # gradio is imported only here
+
+        app.serve(model=args.model, host=args.host, port=args.port, share_dir=args.share_dir)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``reenact bench toy ARGS``: forwards ARGS to :func:`reenact.toy.bench.main`."""
     bench = _toy_module("bench")
@@ -734,6 +750,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=("toy",), help="which benchmark")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark")
     p.set_defaults(run=cmd_bench, interrupted="interrupted")
+
+    p = sub.add_parser("ui", formatter_class=_HelpFormatter,
+                       help="web UI: learn motions and animate images in the browser",
+                       description="Serve the web UI (gradio) on HOST:PORT: learn a motion from a "
+                                   "video, keep a motion library, animate images, reconstruct.")
+    p.add_argument("--model", default=models.TOY_MODEL,
+                   help="hub id, local diffusers SVD folder, or 'toy' (the bundled model, runs "
+                        "on a laptop CPU)")
+    p.add_argument("--host", default=studio.DEFAULT_HOST,
+                   help="address to bind; 127.0.0.1 serves this machine only, 0.0.0.0 every "
+                        "network it is on (anyone who can reach it can use the UI)")
+    p.add_argument("--port", type=int, default=studio.DEFAULT_PORT,
+                   help="port to serve on (gradio's default)")
+    p.add_argument("--share-dir", default=studio.DEFAULT_SHARE_DIR, metavar="DIR",
+                   help="folder of the motion library (DIR/motions), results (DIR/outputs) and "
+                        "the toy examples")
+    p.set_defaults(run=cmd_ui, interrupted="stopped")
     return parser
 
 
