@@ -163,7 +163,7 @@ def test_learn_then_animate_in_a_real_browser(server, page, tmp_path):
     # as users give clips: longer and larger than the model's F x H x W, H.264-compressed
     clip = world.make_clip(world.SEED_RANGES["demo"][0] + 42, num_frames=2 * frames,
                            height=4 * height, width=4 * width, motion="turn")
-    reference = video.write_video(clip.video, tmp_path / "walk.mp4", fps=8)
+    reference = video.write_video(clip.video, tmp_path / "walk.mp4", fps=16)
     target = tmp_path / "target.png"
     still = world.make_target(world.SEED_RANGES["demo"][0] + 7, height=2 * height, width=2 * width)
     video.tensor_to_images(still.video)[0].save(target)

@@ -46,15 +46,20 @@ __all__ = ["Handlers", "build_app", "serve", "message"]
 _CSS = ".reenact-error { color: #b00020; font-weight: 600; }"
 
 
-def message(error: BaseException, *uploads) -> str:
-    """The line the CLI prints for ``error``, with uploads' temp paths shown as their file names
-    (gradio keeps an upload's name as the last part of its temp path)."""
-    text = " ".join(str(error).split("\n"))
+def message_text(text: str, *uploads) -> str:
+    """``text`` on one line, with uploads' temp paths shown as their file names (gradio keeps
+    an upload's name as the last part of its temp path)."""
+    text = " ".join(str(text).split("\n"))
     for up in uploads:
         for p in (up if isinstance(up, (list, tuple)) else [up]):
             if p:
                 text = text.replace(str(p), os.path.basename(str(p)))
-    return f"reenact: error: {text}"
+    return text
+
+
+def message(error: BaseException, *uploads) -> str:
+    """The line the CLI prints for ``error`` (uploads named by their file names)."""
+    return f"reenact: error: {message_text(str(error), *uploads)}"
 
 
 def error_html(text: str) -> str:
@@ -90,13 +95,18 @@ class Handlers:
         if not path:  # cleared
             return None, ""
         try:
-            frames = self.studio.reference(path, start, end, stride)
+            frames, info = self.studio.reference_info(path, start, end, stride)
         except ReenactError as e:
             return None, error_html(message(e, path))
-        views = [(im, f"frame {i}") for i, im in enumerate(self.studio.view(frames))]
+        times = info.timestamps or [None] * len(info.source_indices)
+        views = [(im, f"src {j}" + ("" if t is None else f" @ {t:.2f}s"))
+                 for i, (im, j, t) in enumerate(zip(self.studio.view(frames),
+                                                    info.source_indices, times))]
+        notes = "".join(f"\n\nNote: {message_text(n, path)}" for n in info.notes)
         return views, (f"The model will learn from these **{frames.shape[0]} frames at "
                        f"{frames.shape[2]}x{frames.shape[3]}** (shown enlarged "
-                       f"x{self.studio.view_factor}).")
+                       f"x{self.studio.view_factor}). {message_text(info.describe(), path)}."
+                       + notes)
 
     @staticmethod
     def loss_frame(losses: list[tuple[int, float]]) -> pd.DataFrame:

@@ -283,7 +283,7 @@ class Studio:
                 clip = world.make_clip(world.SEED_RANGES["demo"][0] + 500 + i,
                                        num_frames=2 * self.num_frames, height=4 * self.height,
                                        width=4 * self.width, motion=motion)
-                video.write_video(clip.video, path, fps=8)
+                video.write_video(clip.video, path, fps=16)  # F frames span ~0.5 s: in SVD's fps range
             found[f"toy {motion}"] = path
         return found
 
@@ -291,9 +291,18 @@ class Studio:
 
     def reference(self, path, start=0, end=None, stride=1) -> torch.Tensor:
         """The F frames the model will use, at its size ``(F, 3, H, W)`` (the inversion's input)."""
+        return self.reference_info(path, start, end, stride)[0]
+
+    def reference_info(self, path, start=0, end=None, stride=1) -> tuple[torch.Tensor, video.ClipInfo]:
+        """:meth:`reference` and what was read: source frames, their times, notes for the user.
+
+        Read as :func:`reenact.video.load_reference` reads every reference: F frames evenly
+        spaced in time over the trimmed range, at the model's size (turned for a portrait clip).
+        """
         p = _upload(path, "reference video", MAX_VIDEO_BYTES)
         start, end, stride = _trim(start, end, stride)
-        return video.load_video(p, self.num_frames, self.height, self.width, start, end, stride)
+        return video.load_reference(p, self.num_frames, start=start, end=end, stride=stride,
+                                    native_size=(self.height, self.width))
 
     def config(self, steps, tokens, seed, lr=None, sets=None, log_sigma_mean=None) -> InversionConfig:
         """An :class:`InversionConfig` from the form; empty fields keep its defaults."""
