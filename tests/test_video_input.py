@@ -96,6 +96,7 @@ def test_frames_far_apart_in_time_are_noted_with_a_window_that_keeps_the_pace(tm
     assert info.fps == V.FPS_RANGE[0]  # 0.5 fps effective, clamped to the model's range
     (note,) = info.notes
     assert "span 5.9 s" in note and "end=7" in note and str(path) in note and "\n" not in note
+    assert info.to_metadata()["notes"] == [note.replace(str(path), "long.mp4")]  # no user paths
     # following the advice gives a rate inside the range and no note
     _, advised = V.load_reference(path, 4, 48, 64, end=7)
     assert advised.effective_fps >= V.FPS_RANGE[0] and advised.notes == ()
@@ -127,6 +128,10 @@ def test_portrait_clips_get_the_portrait_size_unless_a_size_is_given(tmp_path):
     assert frames.shape == (4, 3, 32, 64)
     landscape = write_mp4(tmp_path / "landscape.mp4", [100 * i for i in range(4)])
     assert V.load_reference(landscape, 4, native_size=(32, 64))[1].size == (32, 64)
+    photo = tmp_path / "portrait.jpg"
+    Image.new("RGB", (60, 90), (10, 200, 30)).save(photo)
+    assert V.load_image(photo, native_size=(32, 64)).size == (32, 64)  # PIL: (width, height)
+    assert V.load_image(photo, 32, 64).size == (64, 32)
     assert V.oriented_size(576, 1024, 9 / 16) == (1024, 576)
     assert V.oriented_size(576, 1024, 16 / 9) == (576, 1024)
     assert V.oriented_size(576, 1024, 1.0) == (576, 1024)

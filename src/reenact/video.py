@@ -207,7 +207,15 @@ class ClipInfo:
             if isinstance(value, tuple):
                 out[key] = list(value)
         out["display_aspect"] = round(self.display_aspect, 6)
+        # notes name the file as the user gave it; a shared embedding should not carry their paths
+        out["notes"] = [_name_only(note) for note in self.notes]
         return out
+
+
+def _name_only(note: str) -> str:
+    """A note with its leading ``/path/to/clip.mp4:`` reduced to ``clip.mp4:``."""
+    head, sep, rest = note.partition(": ")
+    return f"{Path(head).name}{sep}{rest}" if sep else note
 
 
 @dataclass
@@ -795,14 +803,17 @@ def load_video(
     return load_reference(path, num_frames, height, width, start=start, end=end, stride=stride)[0]
 
 
-def load_image(path: PathLike, height: int | None = None, width: int | None = None) -> Image.Image:
+def load_image(path: PathLike, height: int | None = None, width: int | None = None,
+               native_size: tuple[int, int] | None = None) -> Image.Image:
     """Open a still image (png/jpg/jpeg/webp/bmp) as RGB, optionally resized + centre-cropped.
 
     The EXIF orientation is applied (phone photos are stored sideways), transparency is
     flattened on white and greyscale expanded to RGB, so every later step can assume plain
     RGB. An animated gif/png/webp is refused (which of its frames is "the image" is the user's
     choice; it can serve as a motion reference instead). Give both ``height`` and ``width`` to
-    fit the image with :func:`resize_center_crop`, or neither.
+    fit the image with :func:`resize_center_crop`; or, for a size the user did not choose, the
+    model's ``native_size`` ``(H, W)``, turned to the image's orientation by
+    :func:`oriented_size` (a portrait photo gets e.g. 1024x576 for SVD); or neither.
 
     Raises :class:`InputError` naming the file when it is missing, a folder, animated or not
     decodable.
@@ -828,6 +839,8 @@ def load_image(path: PathLike, height: int | None = None, width: int | None = No
         raise InputError(f"{p}: not a readable image ({_short_reason(e, p)}); {_HINT_IMAGE}") from None
     if height is not None and width is not None:
         img = resize_center_crop(img, height, width)
+    elif native_size is not None:
+        img = resize_center_crop(img, *oriented_size(*native_size, img.width / img.height))
     return img
 
 
