@@ -1,4 +1,4 @@
-"""Command line: ``reenact invert | animate | reconstruct | info | demo | bench | ui``.
+"""Command line: ``reenact invert | animate | reconstruct | info | batch | demo | bench | ui``.
 
 Thin by design (STYLE.md): each command parses its flags, validates what the user gave *before*
 loading any model (numbers in range, input files readable, output writable), calls the library,
@@ -445,6 +445,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """``reenact batch``: a plan of motions x targets on Ray (:mod:`reenact.batch`)."""
+    missing = [m for m in ("ray", "yaml") if importlib.util.find_spec(m) is None]
+    _require(not missing, f"reenact batch needs {' and '.join(missing)}: "
+                          "pip install 'reenact[batch]'")
+    from reenact import batch
+
+    try:
+        plan = batch.load_plan(args.plan)
+    except batch.PlanError as e:  # every problem on its own line, then exit 2
+        for problem in e.problems:
+            print(f"reenact: error: {e.plan}: {problem}", file=sys.stderr)
+        return e.exit_code
+    with _quiet_libraries():
+        summary = batch.run_batch(plan, args.output, address=args.address,
+                                  gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
+                                  progress=not args.no_progress)
+    print(summary.line())
+    return 1 if summary.failed else 0
+
+
 def _toy_module(name: str):
     module = f"reenact.toy.{name}"
     try:
@@ -735,6 +756,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print a motion embedding's shape and metadata")
     p.add_argument("embedding", help="a .safetensors file written by `reenact invert`")
     p.set_defaults(run=cmd_info, interrupted="interrupted")
+
+    p = sub.add_parser(
+        "batch", formatter_class=_HelpFormatter,
+        help="invert many motions and animate many images with them, on Ray",
+        description="Run a plan (YAML or JSON: motions, targets, shared settings; see the "
+                    "README's Batch section): invert every motion, then animate the motion x "
+                    "target grid, on a local Ray instance or a cluster. Rerunning skips valid "
+                    "outputs and redoes missing or corrupt ones.",
+    )
+    p.add_argument("plan", help="the plan: a .yaml/.yml or .json file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder: motions/, results/, report.jsonl, index.html")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto, or ray://HOST:10001 (default: start a local "
+                        "Ray instance on this machine's CPUs and GPUs)")
+    p.add_argument("--gpus-per-job", type=float, default=1,
+                   help="GPUs each worker reserves (on a cluster without GPUs workers use CPU "
+                        "threads)")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="K",
+                   help="workers at most (default: one per --gpus-per-job GPUs; without GPUs "
+                        "one per CPU, each one thread)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_batch, interrupted="interrupted; rerun the same command to go on")
 
     p = sub.add_parser("demo", formatter_class=_HelpFormatter,
                        help="end-to-end run on the bundled toy model (CPU, minutes)")
