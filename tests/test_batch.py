@@ -288,3 +288,19 @@ def test_pairs_default_to_all_and_follow_target_patterns(tmp_path):
         ("a", "cat1"), ("a", "cat2"), ("a", "dog"), ("b", "cat1"), ("b", "cat2"),
         ("c", "cat1"), ("c", "cat2"), ("c", "dog")]
     assert plan.motions[2].embedding == tmp_path / "c.safetensors"
+
+
+def test_the_readme_example_plan_is_a_valid_plan(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Batch"):]
+    example = section[section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml\n") + 8)]
+    (tmp_path / "plan.yaml").write_text(example)
+    for name in ("images/dog.png", "images/portrait_1.jpg", "images/portrait_2.jpg", "more_images/cat.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    plan = batch.load_plan(tmp_path / "plan.yaml", check_model=False)  # no SVD weights here
+    assert [m.name for m in plan.motions] == ["horse", "talk", "jump"]
+    assert plan.motions[1].invert.steps == 600 and plan.motions[0].invert.steps == 300
+    assert plan.motions[0].invert.gradient_checkpointing and plan.motions[1].end == 70
+    assert [t.name for m, t in plan.pairs() if m.name == "talk"] == ["dog", "portrait_1", "portrait_2"]
+    assert len(plan.pairs()) == 4 + 3 + 4
