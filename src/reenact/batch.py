@@ -675,7 +675,7 @@ class Worker:
     """Holds one loaded model and runs jobs with it (a Ray actor; usable directly, too).
 
     ``device``: ``cuda`` (Ray gives the actor its GPU through ``CUDA_VISIBLE_DEVICES``) or
-    ``cpu``; ``threads``: torch's intra-op threads on the CPU (the CPUs Ray reserved for it).
+    ``cpu``; ``threads``: torch's intra-op threads (on the CPU: the one CPU Ray reserved).
     """
 
     def __init__(self, model: str, device: str, dtype: str | None, threads: int | None = None):
@@ -864,12 +864,11 @@ def _pool(jobs: int, gpus_per_job: float, max_parallel: int | None) -> _Pool:
         slots = int(gpus // gpus_per_job)
         size = min(jobs, max_parallel or slots)
         return _Pool(size, "cuda", {"num_gpus": gpus_per_job, "num_cpus": 1}, None)
-    # CPU only: the CPUs are split between the workers, by default one worker per CPU with one
-    # torch thread each. Measured (docs/PERFORMANCE.md, batch): on a shared 2-core machine a toy
+    # CPU only: one worker per CPU, one torch thread each -- more workers rather than more
+    # threads. Measured (docs/PERFORMANCE.md, "Batch"): on a shared 2-core machine a toy
     # inversion step takes 0.1 s with one thread and 1.2 s with two threads competing for cores.
-    wanted = max(1, min(max_parallel or int(cpus), int(cpus)))
-    threads = max(1, int(cpus // wanted))
-    return _Pool(max(1, min(jobs, wanted)), "cpu", {"num_cpus": threads}, threads)
+    size = max(1, min(jobs, max_parallel or int(cpus), int(cpus)))
+    return _Pool(size, "cpu", {"num_cpus": 1}, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -984,9 +983,9 @@ def run_batch(
 
     ``address``: a Ray cluster to join (``auto``, ``ray://host:10001``); default: the Ray
     instance this process already has, else a local one. ``gpus_per_job``: GPUs each worker
-    reserves (when the cluster has none, workers run on CPU threads). ``max_parallel``: workers
+    reserves (when the cluster has none, workers run on the CPUs). ``max_parallel``: workers
     at most (default: one per ``gpus_per_job`` GPUs; on a CPU-only cluster one per CPU, each
-    with one thread; fewer workers share the CPUs as threads).
+    with one torch thread).
     ``worker_cls``: the actor class (a subclass of :class:`Worker`).
     """
     t_start = time.perf_counter()

@@ -772,11 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join: auto, or ray://HOST:10001 (default: start a local "
                         "Ray instance on this machine's CPUs and GPUs)")
     p.add_argument("--gpus-per-job", type=float, default=1,
-                   help="GPUs each worker reserves (on a cluster without GPUs workers use CPU "
-                        "threads)")
+                   help="GPUs each worker reserves (on a cluster without GPUs each worker uses "
+                        "one CPU)")
     p.add_argument("--max-parallel", type=int, default=None, metavar="K",
                    help="workers at most (default: one per --gpus-per-job GPUs; without GPUs "
-                        "one per CPU, each one thread)")
+                        "one per CPU, one torch thread each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_batch, interrupted="interrupted; rerun the same command to go on")
 
