@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -63,6 +64,7 @@ import yaml
 
 from reenact import video
 from reenact.errors import ConfigError, InputError, ReenactError
+from reenact.files import atomic_write
 from reenact.inversion import InversionConfig
 
 __all__ = [
@@ -573,12 +575,13 @@ def _embedding_valid(path: Path, key: dict) -> bool:
     return emb.metadata.get("batch_key") == key and bool(emb.tensor.isfinite().all())
 
 
-def _result_key(plan: Plan, motion: Motion, target: Target, embedding_sha256: str | None) -> dict:
+def _result_key(plan: Plan, motion: Motion, embedding_sha256: str | None,
+                image_sha256: str | None) -> dict:
     """What decides a result video: the embedding, the image, the model, the settings."""
     return _jsonable({
         "model": plan.model,
         "embedding_sha256": embedding_sha256,
-        "image_sha256": _sha256(target.path),
+        "image_sha256": image_sha256,
         "animate": {k: v for k, v in motion.animate.items() if k != "batch_size"},
     })
 
@@ -623,9 +626,7 @@ def _result_valid(motion: Motion, target: Target, out: Path, key: dict) -> bool:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Atomic text file (the video module's temp-then-rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with video._atomic_target(path) as tmp:
+    with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -897,7 +898,8 @@ class BatchSummary:
     def line(self) -> str:
         inv = {s: self.count(s, "invert") for s in ("done", "skipped", "failed")}
         ani = {s: self.count(s, "animate") for s in ("done", "skipped", "failed")}
-        return (f"batch: {len(self.records)} jobs in {self.seconds:.1f} s -- inversions "
+        where = f" on {self.workers} {self.device} worker{'s' * (self.workers != 1)}" if self.workers else ""
+        return (f"batch: {len(self.records)} jobs in {self.seconds:.1f} s{where} -- inversions "
                 f"{inv['done']} done, {inv['skipped']} skipped, {inv['failed']} failed; results "
                 f"{ani['done']} done, {ani['skipped']} skipped, {ani['failed']} failed; "
                 f"report {self.report}, contact sheet {self.sheet}")
@@ -911,7 +913,10 @@ def _clean_temporaries(out: Path) -> None:
             continue
         for p in folder.iterdir():
             if ".tmp-" in p.name or ".old-" in p.name:
-                video._remove(p)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -942,10 +947,10 @@ class _Recorder:
         self.bar = tqdm(total=total, desc="batch", unit="job", disable=not progress)
         self.last_write = 0.0
 
-    def add(self, records: Sequence[dict]) -> None:
+    def add(self, records: Sequence[dict], quiet: bool = False) -> None:
         for r in records:
             self.records[(r["job"], r["motion"], r["target"])] = r
-            if r["status"] == "failed":
+            if r["status"] == "failed" and not quiet:
                 self.bar.write(f"failed: {r['job']} {r['motion']}"
                                f"{' x ' + r['target'] if r['target'] else ''}: {r['error']}",
                                file=sys.stderr)
@@ -1025,6 +1030,7 @@ def _run(plan: Plan, out: Path, address: str | None, gpus_per_job: float,
             inversions.append(job)
 
     animations: deque[AnimateJob] = deque()
+    image_digests: dict[str, str | None] = {}  # each image is hashed once per run
 
     def plan_animations(m: Motion) -> None:
         """Queue ``m``'s cells that are not valid yet, in jobs of ``batch_size`` targets."""
@@ -1032,7 +1038,9 @@ def _run(plan: Plan, out: Path, address: str | None, gpus_per_job: float,
         digest = _sha256(path)
         todo: list[tuple[Target, dict]] = []
         for t in (t for mm, t in plan.pairs() if mm is m):
-            key = _result_key(plan, m, t, digest)
+            if t.name not in image_digests:
+                image_digests[t.name] = _sha256(t.path)
+            key = _result_key(plan, m, digest, image_digests[t.name])
             if digest is not None and _result_valid(m, t, out, key):
                 recorder.add([_record("animate", m, t, {"embedding": path, "image": t.path},
                                       _result_files(m, t, out)[0], out, "skipped")])
@@ -1044,22 +1052,27 @@ def _run(plan: Plan, out: Path, address: str | None, gpus_per_job: float,
             animations.append(AnimateJob(m, path, [t for t, _ in chunk], [k for _, k in chunk], out))
 
     def fail_cells(m: Motion, error: str) -> None:
+        """The cells of a motion that could not be learned (its failure was printed already)."""
         recorder.add([_record("animate", m, t, {"video": m.video}, _result_files(m, t, out)[0],
-                              out, "failed", error=error) for mm, t in plan.pairs() if mm is m])
+                              out, "failed", error=error) for mm, t in plan.pairs() if mm is m],
+                     quiet=True)
 
     for m in plan.motions:
         if m.name in embeddings:
             plan_animations(m)
 
     workers, device = 0, None
-    if inversions or animations:
-        jobs = len(inversions) + len(animations) + sum(
-            math.ceil(len(j.motion.targets) / int(j.motion.animate["batch_size"])) for j in inversions)
-        with ray_session(address):
-            workers, device = _execute(plan, out, inversions, animations, embeddings, plan_animations,
-                                       fail_cells, recorder, jobs, gpus_per_job, max_parallel,
-                                       worker_cls)
-    recorder.close()
+    try:
+        if inversions or animations:
+            jobs = len(inversions) + len(animations) + sum(
+                math.ceil(len(j.motion.targets) / int(j.motion.animate["batch_size"]))
+                for j in inversions)
+            with ray_session(address):
+                workers, device = _execute(plan, out, inversions, animations, embeddings,
+                                           plan_animations, fail_cells, recorder, jobs,
+                                           gpus_per_job, max_parallel, worker_cls)
+    finally:  # interrupted too: the report says what was finished
+        recorder.close()
     return BatchSummary(recorder.ordered(), time.perf_counter() - t_start, out / "report.jsonl",
                         out / "index.html", workers, device)
 

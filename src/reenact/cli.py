@@ -458,7 +458,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         for problem in e.problems:
             print(f"reenact: error: {e.plan}: {problem}", file=sys.stderr)
         return e.exit_code
-    with _quiet_libraries():
+    with quiet_libraries():
         summary = batch.run_batch(plan, args.output, address=args.address,
                                   gpus_per_job=args.gpus_per_job, max_parallel=args.max_parallel,
                                   progress=not args.no_progress)
