@@ -254,3 +254,26 @@ def test_frame_folders_have_no_timing_and_gifs_use_their_durations(tmp_path):
     _, info = V.load_reference(gif, 3, 48, 64)
     assert info.timestamps == pytest.approx([0.0, 0.2, 0.8])  # middle target 0.4 s: frame 2 (0.2 s)
     assert list(info.source_indices) == [0, 2, 4]
+
+
+def test_a_phone_clip_stored_sideways_is_read_upright_and_gets_the_portrait_size(tmp_path):
+    """Display-matrix rotation 90 (counter-clockwise, as ffmpeg's players apply it): a band on
+    the stored frame's left edge is shown at the bottom, and the clip counts as portrait."""
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.set_display_rotation(90)
+        for _ in range(4):
+            a = np.zeros((48, 64, 3), np.uint8)
+            a[:, :8] = 255
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    first = V.read_frames(path)[0]
+    assert first.size == (48, 64)
+    a = np.asarray(first, np.float32)
+    assert a[-8:].mean() > 200 and a[:8].mean() < 50
+    _, info = V.load_reference(path, 2, native_size=(32, 64))
+    assert info.size == (64, 32) and info.display_size == (48, 64) and info.stored_size == (64, 48)
