@@ -196,7 +196,10 @@ def test_animated_png_is_a_clip_where_a_clip_is_expected_and_refused_as_a_still(
     assert V.load_image(still).size == (64, 48)
 
 
-def test_mkv_with_a_cover_picture_first_reads_the_real_video_stream(tmp_path):
+@pytest.mark.parametrize("flags", ["real is default", "both default", "none set"])
+def test_mkv_with_a_cover_picture_first_reads_the_real_video_stream(tmp_path, flags):
+    """Matroska writers mark tracks "default" freely (mkvmerge: every track unless told
+    otherwise), so the choice cannot rest on the flag alone: a one-frame stream never wins."""
     path = tmp_path / "cover.mkv"
     from av.stream import Disposition
 
@@ -205,7 +208,10 @@ def test_mkv_with_a_cover_picture_first_reads_the_real_video_stream(tmp_path):
         cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
         real = c.add_stream("libx264", rate=10)
         real.width, real.height, real.pix_fmt = 64, 48, "yuv420p"
-        real.disposition = Disposition.default
+        if flags != "none set":
+            real.disposition = Disposition.default
+        if flags == "both default":
+            cover.disposition = Disposition.default
         for p in cover.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 250, np.uint8),
                                                          format="rgb24")):
             c.mux(p)
@@ -218,6 +224,9 @@ def test_mkv_with_a_cover_picture_first_reads_the_real_video_stream(tmp_path):
             c.mux(p)
     with av.open(str(path)) as c:
         assert c.streams.video[0].codec_context.name == "mjpeg"  # the cover really comes first
+        flagged = [bool(v.disposition & Disposition.default) for v in c.streams.video]
+        assert flagged == {"real is default": [False, True], "both default": [True, True],
+                           "none set": [False, False]}[flags]  # the flag alone cannot decide
     frames = V.read_frames(path)
     assert len(frames) == 10 and [frame_index(f) for f in frames] == list(range(10))
 

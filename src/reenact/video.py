@@ -283,27 +283,20 @@ def _animated_timeline(path: Path) -> _Timeline:
     return _Timeline(kind="animated", count=count, times=times)
 
 
-def _pick_stream(container, path: Path):
-    """The real video stream: never a cover picture; the default-flagged one; then the longest.
+def _pick_stream(streams: list, packets: dict[int, int]):
+    """The real video stream: never a cover picture; then one with frames to move; then the
+    default-flagged one; then the one with the most packets (first listed on a tie).
 
     An mkv / mp4 may carry cover art as a one-frame video stream listed first (flagged
-    ``attached_pic``, or just short); ffmpeg's players show the default video track instead.
+    ``attached_pic``, or only short; Matroska marks every track "default" unless told otherwise),
+    while players show the real video track. ``packets`` counts each stream's packets, from the
+    same demuxing pass that reads the times.
     """
-    streams = list(container.streams.video)
-    if not streams:
-        raise InputError(f"{path}: has no video stream; {_HINT_VIDEO}")
     attached = av_disposition("attached_pic")
     default = av_disposition("default")
-    moving = [s for s in streams if not (s.disposition & attached)] or streams
-
-    def length(s) -> float:
-        if s.frames:
-            return float(s.frames)
-        if s.duration and s.time_base:
-            return float(s.duration * s.time_base)
-        return 0.0
-
-    return max(moving, key=lambda s: (bool(s.disposition & default), length(s), -s.index))
+    return max(streams, key=lambda s: (not s.disposition & attached, packets.get(s.index, 0) >= 2,
+                                       bool(s.disposition & default), packets.get(s.index, 0),
+                                       -s.index))
 
 
 def av_disposition(name: str) -> int:
@@ -330,23 +323,29 @@ def _av_timeline(path: Path) -> _Timeline:
 
     container = _open_av(path)
     try:
-        stream = _pick_stream(container, path)
-        tb = stream.time_base or Fraction(1, 1_000_000)
-        pts: list[int] = []
-        unknown = 0
+        streams = list(container.streams.video)
+        if not streams:
+            raise InputError(f"{path}: has no video stream; {_HINT_VIDEO}")
+        # one pass over the packets of every video stream (the file is read whole either way)
+        pts_of: dict[int, list[int]] = {s.index: [] for s in streams}
+        unknown_of: dict[int, int] = {s.index: 0 for s in streams}
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux(*streams):
                 if packet.size == 0:
                     continue  # the demuxer's flush packet
                 if packet.pts is None:
-                    unknown += 1
+                    unknown_of[packet.stream.index] += 1
                 else:
-                    pts.append(int(packet.pts))
+                    pts_of[packet.stream.index].append(int(packet.pts))
         except av.FFmpegError as e:
-            if not pts and not unknown:
+            if not any(pts_of.values()) and not any(unknown_of.values()):
                 raise InputError(
                     f"{path}: not a readable video ({_short_reason(e, path)}); {_HINT_VIDEO}"
                 ) from None
+        counts = {i: len(pts_of[i]) + unknown_of[i] for i in pts_of}
+        stream = _pick_stream(streams, counts)
+        tb = stream.time_base or Fraction(1, 1_000_000)
+        pts, unknown = pts_of[stream.index], unknown_of[stream.index]
         sar = stream.sample_aspect_ratio
         rate = stream.average_rate or stream.guessed_rate
         timeline = _Timeline(
