@@ -1,11 +1,15 @@
 """Video and image I/O: the paper's "reference clips are resampled to F frames and resized".
 
 The motion embedding has one token set per frame, so a reference clip must become exactly the
-model's ``F`` frames at the model's resolution before inversion. This module does that in three
-independent, testable steps -- *read* every frame (:func:`read_frames`), *choose* ``F`` of them
-(:func:`select_frames`), *fit* each to ``H x W`` (:func:`resize_center_crop`) -- and
-:func:`load_video` chains them. It also writes results (mp4 / gif / folder of pngs) atomically,
-so an interrupted or failed run never leaves a half-written file that looks like a result.
+model's ``F`` frames at the model's resolution before inversion. :func:`load_reference` does that
+in three independent, testable steps without ever holding the clip: a *timeline* of every
+frame's presentation time (from the container's packets, no decoding), *choose* ``F`` positions
+evenly spaced in time (:func:`choose_indices`), then one decoding pass that *fits* only the
+chosen frames to ``H x W`` (:func:`resize_center_crop`) as they come out of the decoder. It
+returns the frames and a :class:`ClipInfo` saying what was used (indices, times, span, effective
+fps, sizes, notes for the user). :func:`read_frames` decodes whole short clips (tests,
+inspection). The module also writes results (mp4 / gif / folder of pngs) atomically, so an
+interrupted or failed run never leaves a half-written file that looks like a result.
 
 Conventions (see ``docs/ARCHITECTURE.md``): pixel tensors are float32 in ``[-1, 1]``, a video
 is ``(F, 3, H, W)`` and an image ``(3, H, W)``. Every problem the *user* can cause (missing or
