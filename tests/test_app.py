@@ -140,6 +140,19 @@ def test_stop_ends_the_run_and_saves_nothing(studio, clip_file):
     assert library_files(studio) == before
 
 
+def test_the_stop_button_ends_a_running_learn_handler(studio, clip_file):
+    h = app.Handlers(studio)
+    before = library_files(studio)
+    updates = h.learn(str(clip_file), "interrupted", 0, 0, 1, 200, 2, 0, None, None, None)
+    first = next(updates)  # the first progress update: the run is going
+    assert first[0].startswith("learning: step")
+    assert h.stop().startswith("Stopping")
+    *_, last = updates
+    assert last[0].startswith("Stopped at step") and "nothing was saved" in last[0]
+    assert library_files(studio) == before
+    assert not studio.stop_event.is_set()  # the next run is not stopped before it starts
+
+
 def test_a_failed_save_leaves_no_partial_entry(studio, clip_file, monkeypatch):
     before = library_files(studio)
 
@@ -178,6 +191,11 @@ def test_import_refuses_what_is_not_a_fitting_motion(studio, learned, tmp_path, 
     MotionEmbedding(torch.zeros(studio.num_frames + 3, 5, 7), {"base_model": "big"}).save(other)
     with pytest.raises(EmbeddingError, match="learned on 'big'.*invert again with --model toy"):
         studio.import_motion(other)
+    frame = tmp_path / "frame.png"
+    video.tensor_to_images(torch.zeros(1, 3, studio.height, studio.width))[0].save(frame)
+    expected = cli_error(capsys, "animate", "other.safetensors", "frame.png", "-o", "out",
+                         "--model", "toy")
+    assert expected in h.add(str(other), "")[0]
     # not a .safetensors, too large
     # a forged recorded size that would make generation allocate without bound
     forged = tmp_path / "forged.safetensors"
