@@ -304,3 +304,20 @@ def test_the_readme_example_plan_is_a_valid_plan(tmp_path):
     assert plan.motions[0].invert.gradient_checkpointing and plan.motions[1].end == 70
     assert [t.name for m, t in plan.pairs() if m.name == "talk"] == ["dog", "portrait_1", "portrait_2"]
     assert len(plan.pairs()) == 4 + 3 + 4
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_discarded_not_fatal(inputs, tmp_path):
+    """A worker, used directly (no Ray): garbage where the checkpoint should be starts over."""
+    plan = batch.load_plan(inputs / "plan.yaml")
+    motion = plan.motions[0]
+    out = tmp_path / "out"
+    output = out / "motions" / f"{motion.name}.safetensors"
+    work = out / "motions" / ".work" / output.name
+    work.parent.mkdir(parents=True)
+    work.with_name(work.name + ".ckpt").write_bytes(b"not a checkpoint")
+    worker = batch.Worker("toy", "cpu", None, threads=1)
+    key = batch._inversion_key(plan, motion)
+    (record,) = worker.invert(batch.InvertJob(motion, output, work, key))
+    assert record["status"] == "done" and record["resumed_from"] == 0
+    assert batch._embedding_valid(output, key)
+    assert not list(work.parent.iterdir())  # checkpoint and work file gone
