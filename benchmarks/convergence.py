@@ -25,7 +25,7 @@ from reenact.inversion import InversionConfig, invert
 from reenact.embedding import MotionEmbedding
 from reenact import models
 from reenact import video as vio
-from reenact.toy import bench
+from reenact.toy import bench, metrics
 
 # name -> InversionConfig overrides; "default" is InversionConfig() as shipped
 SETTINGS: dict[str, dict] = {
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             t_inv += time.perf_counter() - t0
             for s in snaps:
                 emb = MotionEmbedding(res.snapshots[s], {})
-                videos = bench.generate(pipe, images[i], emb, num_frames=num_frames, steps=args.gen_steps, seed=0)
+                videos = bench.generate(pipe, images[i], emb, steps=args.gen_steps, seed=0)
                 for v, t in zip(videos, targets[i]):
-                    disp = bench.trajectory(v, t.object_color, t.background_color)
-                    per_step[s].append(bench.motion_metrics(ref.displacements, disp)["trajectory_cosine"])
+                    disp = metrics.trajectory(v, t.object_color, t.background_color)
+                    per_step[s].append(metrics.motion_metrics(ref.displacements, disp)["trajectory_cosine"])
             print(f"{name}: ref {i + 1}/{len(refs)} done ({t_inv:.0f}s inverting)", file=sys.stderr, flush=True)
         curves[name] = {s: float(np.mean(v)) for s, v in per_step.items()}
         seconds[name] = t_inv / len(refs)

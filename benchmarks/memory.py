@@ -59,10 +59,14 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from reenact.edm import denoise as edm_denoise
-from reenact.edm import loss as edm_loss
-from reenact.inversion import gradient_checkpointing
-from reenact.routing import flatten_embedding, install_motion_routing, set_attention
+from reenact.inversion import (
+    InversionConfig,
+    InversionState,
+    ReferenceLatents,
+    gradient_checkpointing,
+    step,
+)
+from reenact.routing import install_motion_routing, set_attention
 
 GB = 1e9
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -250,28 +254,22 @@ def inversion_step(unet, frames: int, h: int, w: int, checkpointing: int, tokens
     """
     device = unet.device
     tracker = LiveBytes(ignore=tuple(unet.parameters()))
-    amp = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     t0 = time.perf_counter()
     with attention_kind(unet, attention), checkpointing_mode(unet, checkpointing), \
             install_motion_routing(unet, tokens=tokens, num_frames=frames, lean=lean):
         with flash_attention(), tracker:
-            param = torch.nn.Parameter(torch.randn(frames + 1, tokens, 1024, device=device) * 0.1)
-            opt = torch.optim.Adam([param], lr=1e-2)
-            x0 = torch.randn(1, frames, 4, h, w, device=device)
-            sigma = torch.full((1,), 5.0, device=device)
-            x_s = x0 + sigma.view(-1, 1, 1, 1, 1) * torch.randn_like(x0)
-            cond = torch.randn(1, 1, 4, h, w, device=device).expand(-1, frames, -1, -1, -1)
-            time_ids = torch.tensor([[6.0, 127.0, 0.02]], device=device)
-            emb_flat = flatten_embedding(param)
-            with amp:
-                denoised = edm_denoise(unet, x_s, sigma, cond, emb_flat, time_ids)
-            loss = edm_loss(denoised, x0, sigma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            # the library's own step (reenact.inversion.step) on random latents of the right shape
+            amp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(autocast, "no")
+            config = InversionConfig(tokens=tokens, mixed_precision=amp)
+            init = torch.randn(frames + 1, tokens, 1024, device=device) * 0.1
+            state = InversionState.create(init, config, frames, device, half_precision=False)
+            latents = ReferenceLatents(x0=torch.randn(1, frames, 4, h, w, device=device),
+                                       cond=torch.randn(1, 1, 4, h, w, device=device),
+                                       cond_sigma=torch.full((1, 1), 0.02, device=device))
+            loss = step(unet, state, latents, config)
             if device.type != "meta":
-                assert torch.isfinite(param.grad).all()
-            del denoised, loss
+                assert torch.isfinite(state.param.grad).all()
+            del loss
     return {"peak": tracker.peak, "seconds": time.perf_counter() - t0, "sdpa": sorted(tracker.sdpa_ops)}
 
 

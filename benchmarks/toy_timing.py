@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = []
     for n in (1, 3):
         t0 = time.perf_counter()
-        bench.generate(pipe, images[:n], res.embedding, num_frames=frames, steps=25, seed=0)
+        bench.generate(pipe, images[:n], res.embedding, steps=25, seed=0)
         gen.append(time.perf_counter() - t0)
 
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}\n")

@@ -22,7 +22,12 @@ def flag_rows(sub: argparse.ArgumentParser):
             continue
         name = ", ".join(f"`{o}`" for o in a.option_strings) if a.option_strings else f"`{a.metavar or a.dest.upper()}`"
         default = a.default
-        if default in (None, argparse.SUPPRESS, [], False) or a.option_strings == []:
+        profiled = getattr(a, "profile_defaults", None)  # set per model profile (reenact.profiles)
+        if profiled is not None:
+            default = ", ".join(f"{k}: {v}" for k, v in profiled.items() if v is not None)
+            if len(profiled) == 1:
+                default = "" if profiled["toy"] is None else str(profiled["toy"])
+        elif default in (None, argparse.SUPPRESS, [], False) or a.option_strings == []:
             default = ""
         text = (a.help or "").replace("%(default)s", str(a.default)).replace("%%", "%").replace("|", "\\|")
         yield name, default, text

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reenact import cli, inversion, video
+from reenact import cli, inversion, models, video
 from reenact.embedding import MotionEmbedding
 
 from conftest import TINY_FRAMES
@@ -328,14 +328,14 @@ def test_usage_errors_exit_2(capsys):
 def test_default_size_is_the_models_native_one_and_576x1024_for_svd(tmp_path, tiny_svd_dir):
     """The pipeline's rule (sample_size * vae_scale_factor), except SVD's checkpoints: their
     sample_size 96 says 768x768 but they were trained at 576x1024, the pipeline's default."""
-    assert cli._model_geometry(str(tiny_svd_dir)) == (TINY_FRAMES, SIZE, SIZE)
+    assert models.native_geometry(str(tiny_svd_dir)) == (TINY_FRAMES, SIZE, SIZE)
     svd = tmp_path / "svd"
     for sub, config in {"unet": {"sample_size": 96, "num_frames": 14},
                         "vae": {"block_out_channels": [128, 256, 512, 512]}}.items():
         (svd / sub).mkdir(parents=True)
         (svd / sub / "config.json").write_text(json.dumps(config))
     (svd / "model_index.json").write_text("{}")
-    assert cli._model_geometry(str(svd)) == (14, 576, 1024)
+    assert models.native_geometry(str(svd)) == (14, 576, 1024)
 
 
 # --- help, version, demo and bench ------------------------------------------------------------

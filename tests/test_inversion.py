@@ -186,7 +186,7 @@ def test_optimising_at_a_lower_resolution_keeps_the_generation_size(pipe, tmp_pa
     invert(pipe, frames, fast(steps=1, optim_size=(16, 16)), output=out, progress=False)
     meta = MotionEmbedding.load(out).metadata
     assert (meta["height"], meta["width"]) == (32, 32)
-    assert json.loads(meta["optimisation"])["optim_size"] == [16, 16]
+    assert meta["optimisation"]["optim_size"] == [16, 16]  # stored once, typed on load
 
 
 # --- checkpoints and resume ----------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_saved_file_has_the_full_metadata(pipe, tmp_path, tiny_svd_dir):
     assert meta["noise_aug_strength"] == 0.02 and meta["seed"] == 5 and meta["steps_done"] == 3
     assert meta["reference"] == "walk.mp4"
     assert meta["final_loss"] == pytest.approx(sum(res.losses) / 3)
-    assert json.loads(meta["optimisation"]) == cfg.to_dict()
+    assert meta["optimisation"] == cfg.to_dict()  # stored once, typed on load
     with safe_open(str(out), framework="pt") as fh:
         assert json.loads(fh.metadata()["format_version"]) == FORMAT_VERSION
     assert torch.equal(MotionEmbedding.load(out).tensor, res.embedding.tensor)

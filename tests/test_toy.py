@@ -22,7 +22,7 @@ import torch
 
 from reenact import models
 from reenact.embedding import MotionEmbedding
-from reenact.toy import bench, demo, train, world
+from reenact.toy import bench, demo, metrics, train, world
 
 SIDE = 16
 
@@ -97,7 +97,7 @@ def test_seed_ranges_are_disjoint_and_evaluation_stays_inside():
         assert lo <= ref.meta["seed"] < hi
         for t in bench.pick_targets(ref, i, 3):
             assert lo <= t.meta["seed"] < hi
-            assert bench.color_distance(t.object_color, ref.object_color) >= bench.MIN_COLOR_DISTANCE
+            assert metrics.color_distance(t.object_color, ref.object_color) >= metrics.MIN_COLOR_DISTANCE
     ref, targets = demo.pick_demo_clips(0)
     lo, hi = world.SEED_RANGES["demo"]
     assert ref.motion in demo.DEMO_MOTIONS
@@ -112,7 +112,7 @@ def _moved_target(reference: world.Clip) -> world.Clip:
     path = reference.centers - reference.centers[:1]
     for seed in range(world.SEED_RANGES["bench"][0] + 77, world.SEED_RANGES["bench"][0] + 177):
         clip = world.make_clip(seed, path=path)
-        if (bench.color_distance(clip.object_color, reference.object_color) >= 1.0
+        if (metrics.color_distance(clip.object_color, reference.object_color) >= 1.0
                 and np.allclose(clip.centers - clip.centers[:1], path)):  # not shrunk to fit
             return clip
     raise AssertionError("no target found")
@@ -122,20 +122,20 @@ def test_a_perfect_transfer_scores_perfectly_and_a_leak_is_caught():
     ref = world.make_clip(world.SEED_RANGES["bench"][0] + 3, motion="turn", extent_range=(0.25, 0.25))
     moved = _moved_target(ref)
     image = moved.video[0]
-    perfect = bench.score_video(moved.video, ref, moved, image)
+    perfect = metrics.score_video(moved.video, ref, moved, image)
     assert perfect["trajectory_cosine"] > 0.99 and perfect["direction_ok"]
     assert perfect["magnitude_ratio"] == pytest.approx(1, abs=0.05)
     assert perfect["first_frame_psnr"] == math.inf and perfect["no_leak"]
 
     leaked_video, _ = world.render(moved.shape, moved.size, moved.centers, ref.object_color,
                                    moved.background_color, SIDE, SIDE)
-    leaked = bench.score_video(leaked_video, ref, moved, image)
+    leaked = metrics.score_video(leaked_video, ref, moved, image)
     assert not leaked["no_leak"] and leaked["leak_frames"] == 8
 
-    still = bench.score_video(image[None].expand(8, -1, -1, -1), ref, moved, image)
+    still = metrics.score_video(image[None].expand(8, -1, -1, -1), ref, moved, image)
     assert still["trajectory_cosine"] == 0 and not still["direction_ok"]
 
-    backwards = bench.motion_metrics(ref.displacements, -ref.displacements)
+    backwards = metrics.motion_metrics(ref.displacements, -ref.displacements)
     assert backwards["trajectory_cosine"] == pytest.approx(-1) and backwards["angle_deg"] == pytest.approx(180)
 
 

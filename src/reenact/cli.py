@@ -1,15 +1,17 @@
 """Command line: ``reenact invert | animate | reconstruct | info | batch | demo | bench | ui``.
 
-Thin by design (STYLE.md): each command parses its flags, validates what the user gave *before*
-loading any model (numbers in range, input files readable, output writable), calls the library,
-and prints. Problems the user can fix are :class:`~reenact.errors.ReenactError`; :func:`main`
-catches them once and prints ``reenact: error: <message>`` (one line, exit 2). Anything else is a
-bug and keeps its traceback. Results are written atomically by the library, so a failed or
-interrupted run leaves no partial output.
+Thin by design (docs/ARCHITECTURE.md): each command parses its flags, validates what the user
+gave *before* loading any model (numbers in range, input files readable, output writable),
+calls one function of :mod:`reenact.api`, and prints. Problems the user can fix are
+:class:`~reenact.errors.ReenactError`; :func:`main` catches them once and prints
+``reenact: error: <message>`` (one line, exit 2). Anything else is a bug and keeps its
+traceback. Results are written atomically by the library, so a failed or interrupted run leaves
+no partial output.
 
-Defaults are read from where they are decided -- :class:`~reenact.inversion.InversionConfig`
-for the optimisation, the signature of ``StableVideoDiffusionPipeline.__call__`` for generation
--- so the help text shows the values the library really uses.
+The flags of the settings are generated from the dataclasses that hold them
+(:class:`~reenact.inversion.InversionConfig`, :class:`~reenact.pipeline.GenerationConfig`):
+their help text, default, source and range are written once, there, and per-model defaults
+come from :mod:`reenact.profiles`.
 """
 
 from __future__ import annotations
@@ -18,38 +20,25 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
-import inspect
-import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
-from reenact.errors import ConfigError, ModelNotFoundError, ReenactError
+from reenact.errors import ConfigError, ReenactError
 from reenact.quiet import quiet_libraries
-
-__all__ = ["main", "build_parser"]
-
 
 # transformers warns once, at import, when torchvision is missing (its PIL fallback is fine)
 with quiet_libraries():
     import torch
-    from diffusers import StableVideoDiffusionPipeline
 
-    from reenact import embedding, inversion, models, routing, studio, video
+    from reenact import api, inversion, models, profiles, routing, studio, video
     from reenact.embedding import MotionEmbedding
     from reenact.inversion import InversionConfig
-    from reenact.metrics import frame_psnr
+    from reenact.pipeline import GenerationConfig
+    from reenact.settings import help_text
 
-_DEFAULTS = InversionConfig()
-# StableVideoDiffusionPipeline.__call__'s keyword defaults: steps, guidance, fps, bucket, ...
-_SVD = {
-    name: p.default
-    for name, p in inspect.signature(StableVideoDiffusionPipeline.__call__).parameters.items()
-    if p.default is not inspect.Parameter.empty
-}
-_DECODE_CHUNK = 8  # SVD's docs example; decoding all frames at once is a common OOM (METHOD.md)
-_ANIMATE_BATCH = 4
+__all__ = ["main", "build_parser"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,24 +72,42 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _check_size(args: argparse.Namespace) -> None:
-    for flag in ("height", "width"):
-        value = getattr(args, flag)
-        _require(value is None or (value >= 8 and value % 8 == 0),
-                 f"--{flag} must be a positive multiple of 8 (got {value})")
+def _flag_errors(config, args: argparse.Namespace) -> None:
+    """``config.validate()``, with the field named as its flag: "--steps must be >= 1"."""
+    try:
+        config.validate()
+    except ConfigError as e:
+        name, _, rest = str(e).partition(" ")
+        if hasattr(args, name):
+            raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
+        raise
 
 
 def _check_range(args: argparse.Namespace) -> None:
-    _require(args.start >= 0, f"--start must be a frame index >= 0 (got {args.start})")
-    _require(args.end is None or args.end > args.start,
-             f"--end must be greater than --start={args.start} (got {args.end})")
-    _require(args.stride >= 1, f"--stride must be >= 1 (got {args.stride})")
+    _require(args.start is None or args.start >= 0,
+             f"--start must be a frame index >= 0 (got {args.start})")
+    _require(args.end is None or args.end > (args.start or 0),
+             f"--end must be greater than --start={args.start or 0} (got {args.end})")
+    _require(args.stride is None or args.stride >= 1, f"--stride must be >= 1 (got {args.stride})")
+
+
+def _check_size(args: argparse.Namespace) -> None:
+    for flag in ("height", "width"):
+        value = getattr(args, flag)
+        _require(value is None or (8 <= value <= 4096 and value % 8 == 0),
+                 f"--{flag} must be a positive multiple of 8 (got {value})")
 
 
 def _device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     device = models.resolve_device(args.device)
-    name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
-    return device, models.resolve_dtype(name, device)
+    dtype = models.resolve_dtype(args.dtype, device) if args.dtype else models.default_dtype(device)
+    return device, dtype
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    _require(args.threads is None or args.threads >= 1, f"--threads must be >= 1 (got {args.threads})")
+    # not given: the free cores, never more than the process already uses (OMP_NUM_THREADS)
+    torch.set_num_threads(args.threads or min(torch.get_num_threads(), models.default_threads()))
 
 
 @contextlib.contextmanager
@@ -117,144 +124,62 @@ def _remove_new_folders_on_failure(*folders: Path) -> Iterator[None]:
         raise
 
 
-def _model_source(model: str) -> str:
-    """What ``from_pretrained`` gets for ``model``: a local folder, or the hub id unchanged."""
-    folder = models.toy_model_dir() if model == models.TOY_MODEL else Path(model).expanduser()
-    if model == models.TOY_MODEL or folder.exists() or models._looks_like_path(model):
-        if not (folder / "model_index.json").is_file():
-            models.load_pipeline(model, "cpu")  # raises its one-line error before reading weights
-            raise ModelNotFoundError(f"model '{model}' not found")
-        return str(folder)
-    return model
-
-
-def _model_geometry(model: str) -> tuple[int, int, int]:
-    """``(F, H, W)`` of ``model`` from its config files alone, without loading any weights.
-
-    So the reference clip can be loaded (and rejected) before the model. ``F`` is the UNet's
-    ``num_frames``. ``H x W`` is the pipeline's own rule, ``sample_size * vae_scale_factor``,
-    with one exception: SVD's checkpoints say ``sample_size`` 96 (768x768) but were trained
-    at 576x1024, the pipeline's default -- the same latent area (72*128 = 96*96). So when the
-    pipeline's default size has the model's native area we use it.
-    """
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-
-    source = _model_source(model)
-    try:
-        with quiet_libraries():
-            unet = UNetSpatioTemporalConditionModel.load_config(source, subfolder="unet")
-            vae = AutoencoderKLTemporalDecoder.load_config(source, subfolder="vae")
-    except (OSError, ValueError) as e:
-        if source != model or Path(source).is_dir():  # a local folder: its own problem
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelNotFoundError(f"could not load model from '{model}': {reason}") from None
-        raise ModelNotFoundError(
-            f"model '{model}' not found locally and could not be downloaded; download it "
-            f"(huggingface-cli download {model} --local-dir DIR) and pass --model DIR"
-        ) from None
-    unet_init = inspect.signature(UNetSpatioTemporalConditionModel.__init__).parameters
-    frames = unet.get("num_frames", unet_init["num_frames"].default)
-    height, width = _SVD["height"], _SVD["width"]
-    if unet.get("sample_size"):
-        blocks = vae.get("block_out_channels")
-        scale = 2 ** (len(blocks) - 1) if blocks else 8  # the pipeline's vae_scale_factor
-        side = unet["sample_size"] * scale
-        if side * side != height * width:
-            height = width = side
-    return int(frames), int(height), int(width)
-
-
-def _load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                progress: bool, cpu_offload: bool = False, generation: bool = False):
-    """``--model`` as a MotionTransferPipeline; ``progress``: its denoising bar.
-
-    ``generation``: also apply the generation commands' speed/memory flags: ``--vae-dtype``
-    (before the offload hooks are installed), ``--attention`` and ``--compile`` (the UNet).
-    ``invert`` applies its own through :class:`InversionConfig`, for the run only.
-    """
-    pipe = models.load_pipeline(args.model, "cpu" if cpu_offload else device, dtype,
-                                progress=progress)
-    if generation and args.vae_dtype:
-        pipe.vae.to(dtype=models.resolve_dtype(args.vae_dtype, device))
-    if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    if generation:
-        routing.set_attention(pipe.unet, args.attention)
-        if args.compile:
-            pipe.unet.compile()
-    return pipe
-
-
-def _meta_number(emb: MotionEmbedding, key: str) -> int | float | None:
-    value = emb.metadata.get(key)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 # --------------------------------------------------------------------------------------------
 # invert
 # --------------------------------------------------------------------------------------------
 
-def _inversion_config(args: argparse.Namespace) -> InversionConfig:
-    """The flags whose names are :class:`InversionConfig` fields, validated; errors name flags."""
-    config = InversionConfig(**{f.name: getattr(args, f.name)
-                                for f in fields(InversionConfig) if hasattr(args, f.name)})
-    try:
-        config.validate()
-    except ConfigError as e:  # "steps must be >= 1" -> "--steps must be >= 1"
-        name, _, rest = str(e).partition(" ")
-        if hasattr(args, name):
-            raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
-        raise
-    return config
-
-
 def cmd_invert(args: argparse.Namespace) -> int:
     """``reenact invert``: motion-textual inversion of one reference clip into a .safetensors."""
-    progress = not args.no_progress
-    config = _inversion_config(args)
-    if not config.checkpoint_every:
-        args.interrupted = "interrupted; nothing to resume from (--checkpoint-every 0)"
     _check_size(args)
     _check_range(args)
+    given = {f.name: getattr(args, f.name) for f in fields(InversionConfig)
+             if getattr(args, f.name, None) is not None}
+    profile = profiles.profile_for(args.model)  # fails fast on an unknown model name
+    config = profile.config(**given)
+    _flag_errors(config, args)
+    if not config.checkpoint_every:
+        args.interrupted = "interrupted; nothing to resume from (--checkpoint-every 0)"
     device, dtype = _device_and_dtype(args)
+    _set_threads(args)
     output = Path(args.output)
     _require(output.suffix == ".safetensors",
              f"{output}: the motion embedding is written as .safetensors; name it *.safetensors")
-    _require(bool(args.preview) or (args.preview_dir is None and not args.preview_every),
+    _require(bool(args.preview) or (args.preview_dir is None and not config.preview_every),
              "--preview-dir / --preview-every need images to animate: pass --preview IMAGE ...")
     preview_dir = None
     if args.preview:
         preview_dir = Path(args.preview_dir or output.with_name(f"{output.stem}_previews"))
-
-    # inputs first (cheap, and the usual mistakes), then the model
-    num_frames, height, width = _model_geometry(args.model)
-    height, width = args.height or height, args.width or width
-    frames = video.load_video(args.video, num_frames, height, width,
-                              args.start, args.end, args.stride)
-    previews = [video.load_image(p, height, width) for p in args.preview]
+    frames_dir = output.with_name(f"{output.stem}_frames") if args.save_frames else None
     ckpt = inversion.checkpoint_path(output)
     if ckpt.exists() and not args.resume:
         print(f"reenact: note: starting over; {ckpt} will be overwritten "
               "(pass --resume to continue it)", file=sys.stderr)
+    if args.resume and not ckpt.exists():
+        print(f"reenact: note: no checkpoint {ckpt} to resume; starting from step 0", file=sys.stderr)
 
-    with _remove_new_folders_on_failure(output.parent, *([preview_dir] if preview_dir else [])):
+    new_dirs = [output.parent, *(d for d in (preview_dir,) if d is not None)]
+    with _remove_new_folders_on_failure(*new_dirs):
         video.check_writable_file(output)
         if preview_dir is not None:
             video.check_writable_dir(preview_dir)
-        pipe = _load_model(args, device, dtype, progress=False)  # previews: no second bar
-        name = Path(args.video).name
-        if (args.start, args.end, args.stride) != (0, None, 1):
-            name += f" frames {args.start}:{'' if args.end is None else args.end}:{args.stride}"
-        result = inversion.invert(
-            pipe, frames, config, output=output, reference_name=name, resume=args.resume,
-            preview_images=previews, preview_dir=preview_dir, progress=progress,
+        result = api.invert_video(
+            args.video, args.model, output, start=args.start or 0, end=args.end,
+            stride=args.stride or 1, height=args.height, width=args.width, config=config,
+            resume=args.resume, preview_images=args.preview, preview_dir=preview_dir,
+            frames_dir=frames_dir, model_options={"device": device, "dtype": dtype},
+            progress=not args.no_progress,
+            on_note=print,  # which frames over what span, and warnings about them (stdout: a
+            # report of the run, like the summary; stderr stays for errors)
         )
 
     for path in result.previews:
         print(path)
+    if frames_dir is not None:
+        print(frames_dir)
     emb = result.embedding
     ran = result.steps_done - result.resumed_from
     rate = ran / result.seconds if result.seconds > 0 else float("inf")
+    print(f"profile {profile.name}: {profile.description}")
     line = (f"saved {output}: F={emb.num_frames} N={emb.tokens} d={emb.dim}, "
             f"steps {result.steps_done}, final loss {emb.metadata['final_loss']:.4g}, "
             f"{result.seconds:.1f} s ({rate:.2f} it/s)")
@@ -270,153 +195,78 @@ def cmd_invert(args: argparse.Namespace) -> int:
 # generation: animate, reconstruct
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class _Generation:
-    """Micro-conditioning and size of a generation: flag, else the embedding's, else SVD's."""
-
-    fps: int
-    motion_bucket_id: int
-    noise_aug_strength: float
-    height: int
-    width: int
-
-
-def _check_generation_flags(args: argparse.Namespace) -> None:
-    _require(args.steps >= 1, f"--steps must be >= 1 (got {args.steps})")
-    _require(args.min_guidance >= 0, f"--min-guidance must be >= 0 (got {args.min_guidance})")
-    _require(args.max_guidance >= 0, f"--max-guidance must be >= 0 (got {args.max_guidance})")
-    _require(args.fps is None or args.fps >= 1, f"--fps must be >= 1 (got {args.fps})")
-    _require(args.motion_bucket_id is None or args.motion_bucket_id >= 0,
-             f"--motion-bucket-id must be >= 0 (got {args.motion_bucket_id})")
-    _require(args.noise_aug_strength is None or args.noise_aug_strength >= 0,
-             f"--noise-aug-strength must be >= 0 (got {args.noise_aug_strength})")
-    _require(args.decode_chunk_size >= 1,
-             f"--decode-chunk-size must be >= 1 (got {args.decode_chunk_size})")
+def _generation_config(args: argparse.Namespace) -> GenerationConfig:
+    config = GenerationConfig(**{f.name: getattr(args, f.name) for f in fields(GenerationConfig)})
+    _flag_errors(config, args)
     if args.vae_dtype is not None:
         try:
             models.resolve_dtype(args.vae_dtype, models.resolve_device(args.device))
         except ConfigError as e:
             raise ConfigError(f"--vae-dtype: {e}") from None
-    _check_size(args)
+    return config
 
 
-def _generation(args: argparse.Namespace, emb: MotionEmbedding) -> _Generation:
-    def pick(key: str) -> int | float | None:
-        flag = getattr(args, key)
-        return flag if flag is not None else _meta_number(emb, key)
-
-    height, width = pick("height"), pick("width")
-    if args.height is None or args.width is None:  # a size from the file, or the model's
-        _, native_h, native_w = _model_geometry(args.model)
-        embedding.check_recorded_size(emb, native_h, native_w)  # before anything is sized by it
-        height, width = height or native_h, width or native_w
-    _require(height % 8 == 0 and width % 8 == 0,
-             f"{emb.name} records a size {height}x{width} that is not a multiple of 8; "
-             "pass --height and --width")
-    fps, bucket, aug = pick("fps"), pick("motion_bucket_id"), pick("noise_aug_strength")
-    return _Generation(
-        fps=int(fps if fps is not None else _SVD["fps"]),
-        motion_bucket_id=int(bucket if bucket is not None else _SVD["motion_bucket_id"]),
-        noise_aug_strength=float(aug if aug is not None else _SVD["noise_aug_strength"]),
-        height=int(height),
-        width=int(width),
-    )
-
-
-def _generate(pipe, emb: MotionEmbedding, images: list, gen: _Generation,
-              args: argparse.Namespace, output_type: str = "pil"):
-    """One batched pipeline call. One generator per image, all seeded ``--seed``: an image's
-    video does not depend on which other images share its batch."""
-    return pipe(
-        images,
-        motion_embedding=emb,
-        height=gen.height,
-        width=gen.width,
-        num_frames=emb.num_frames,
-        num_inference_steps=args.steps,
-        min_guidance_scale=args.min_guidance,
-        max_guidance_scale=args.max_guidance,
-        fps=gen.fps,
-        motion_bucket_id=gen.motion_bucket_id,
-        noise_aug_strength=gen.noise_aug_strength,
-        decode_chunk_size=args.decode_chunk_size,
-        generator=[torch.Generator().manual_seed(args.seed) for _ in images],
-        output_type=output_type,
-    ).frames
+def _model_options(args: argparse.Namespace, cpu_offload: bool = False) -> dict:
+    """:func:`reenact.api.load_model`'s keywords from the generation commands' flags."""
+    device, dtype = _device_and_dtype(args)
+    return {"device": device, "dtype": dtype, "vae_dtype": args.vae_dtype,
+            "attention": args.attention, "compile": args.compile, "cpu_offload": cpu_offload,
+            "progress": not args.no_progress}
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
     """``reenact animate``: one video per image, with the embedding's motion."""
-    progress = not args.no_progress
-    _check_generation_flags(args)
-    _require(args.batch_size >= 1, f"--batch-size must be >= 1 (got {args.batch_size})")
-    device, dtype = _device_and_dtype(args)
+    config = _generation_config(args)
+    _require(args.batch_size is None or args.batch_size >= 1,
+             f"--batch-size must be >= 1 (got {args.batch_size})")
+    device, _ = _device_and_dtype(args)
+    _set_threads(args)
     if args.cpu_offload:
         _require(device.type == "cuda",
                  f"--cpu-offload needs a CUDA device (the device is {device.type})")
         _require(importlib.util.find_spec("accelerate") is not None,
                  "--cpu-offload needs the accelerate package (pip install accelerate)")
-    paths = [Path(p) for p in args.images]
     stems: dict[str, Path] = {}
-    for p in paths:
+    for p in map(Path, args.images):
         _require(p.stem not in stems,
                  f"{stems.get(p.stem)} and {p} would both be written as '{p.stem}'; rename one")
         stems[p.stem] = p
 
     emb = MotionEmbedding.load(args.embedding)
-    images = [video.load_image(p) for p in paths]
-    gen = _generation(args, emb)
-    images = [video.resize_center_crop(im, gen.height, gen.width) for im in images]
     out_dir = Path(args.output)
-    suffix = "" if args.format == "png" else f".{args.format}"
-    targets = [out_dir / f"{p.stem}{suffix}" for p in paths]
-
     with _remove_new_folders_on_failure(out_dir):
         video.check_writable_dir(out_dir)
-        pipe = _load_model(args, device, dtype, progress, cpu_offload=args.cpu_offload,
-                           generation=True)
-        embedding.check_compatible(emb, pipe.unet, args.model, pipe.unet.config.num_frames)
-        for i in range(0, len(images), args.batch_size):
-            videos = _generate(pipe, emb, images[i : i + args.batch_size], gen, args)
-            for frames, target in zip(videos, targets[i : i + args.batch_size]):
-                print(video.write_video(frames, target, fps=gen.fps, fmt=args.format))
+        for path in api.animate(emb, args.images, args.model, config=config, output_dir=out_dir,
+                                fmt=args.format, batch_size=args.batch_size,
+                                model_options=_model_options(args, args.cpu_offload)):
+            print(path)
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """``reenact reconstruct``: the paper's diagnostic, the reference redone from its first frame."""
-    progress = not args.no_progress
-    _check_generation_flags(args)
+    config = _generation_config(args)
     _check_range(args)
-    device, dtype = _device_and_dtype(args)
+    _set_threads(args)
     output = Path(args.output) if args.output else None
     if output is not None:
         video.output_format(output)  # an unknown suffix is refused before any work
 
     emb = MotionEmbedding.load(args.embedding)
-    gen = _generation(args, emb)
-    reference = video.load_video(args.video, emb.num_frames, gen.height, gen.width,
-                                 args.start, args.end, args.stride)
-    recorded = emb.metadata.get("reference_sha256")
-    if recorded and recorded != inversion._reference_fingerprint(reference, "")["sha256"]:
-        print(f"reenact: note: this clip (range, size) differs from the one {emb.name} was "
-              "learned on; the PSNR measures transfer, not reconstruction", file=sys.stderr)
-
     with _remove_new_folders_on_failure(*([output.parent] if output else [])):
         if output is not None:
             video.check_writable_output(output)
-        pipe = _load_model(args, device, dtype, progress, generation=True)
-        embedding.check_compatible(emb, pipe.unet, args.model, pipe.unet.config.num_frames)
-        first = video.tensor_to_images(reference[:1])[0]
-        result = _generate(pipe, emb, [first], gen, args, output_type="pt")[0] * 2 - 1
-        if output is not None:
-            video.write_video(result, output, fps=gen.fps)
+        rec = api.reconstruct(emb, args.video, args.model, config=config, start=args.start,
+                              end=args.end, stride=args.stride, output=output,
+                              model_options=_model_options(args))
 
-    scores = frame_psnr(result.cpu(), reference)
+    if not rec.same_reference:
+        print(f"reenact: note: this clip (range, size) differs from the one {emb.name} was "
+              "learned on; the PSNR measures transfer, not reconstruction", file=sys.stderr)
     print(f"PSNR of the reconstruction to {Path(args.video).name} (pixels, dB):")
-    for f, score in enumerate(scores):
+    for f, score in enumerate(rec.psnr):
         print(f"frame {f}: {score:.2f}")
-    print(f"mean: {sum(scores) / len(scores):.2f}")
+    print(f"mean: {rec.mean_psnr:.2f}")
     if output is not None:
         print(f"saved {output}")
     return 0
@@ -427,15 +277,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """``reenact info``: an embedding's shape, then its metadata, sorted."""
+    """``reenact info``: an embedding's shape, its profile, then its metadata, sorted."""
     emb = MotionEmbedding.load(args.embedding)
+    profile = profiles.PROFILES.get(str(emb.metadata.get("profile")))
+    learned = f"; learned with the {profile.name} profile ({profile.description})" if profile else ""
     print(f"{emb.path}: (F+1) x N x d = {emb.num_frames + 1} x {emb.tokens} x {emb.dim} "
-          f"(F={emb.num_frames} frames, N={emb.tokens} tokens, d={emb.dim})")
+          f"(F={emb.num_frames} frames, N={emb.tokens} tokens, d={emb.dim}){learned}")
     for key in sorted(emb.metadata):
         value = emb.metadata[key]
-        if isinstance(value, str) and value.startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError):
-                value = json.loads(value)  # inversion stores its settings as a JSON string
         if isinstance(value, dict):
             print(f"{key}:")
             for sub in sorted(value):
@@ -513,58 +362,103 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# the parser
+# the parser: settings flags generated from their dataclasses
 # --------------------------------------------------------------------------------------------
 
-def _add_model_flags(p: argparse.ArgumentParser, seed_default: int, seed_help: str) -> None:
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def _add_setting_flags(p: argparse.ArgumentParser, cls: type, profiled: bool) -> None:
+    """One flag per field of ``cls`` whose metadata asks for one, in the field's help group.
+
+    ``profiled``: the default depends on the model's profile, so argparse's default is None
+    (meaning "the profile's") and the help spells out the toy and svd values with their sources.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(cls):
+        meta = f.metadata
+        if not meta or not meta.get("flag", True):
+            continue
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        default = f.default if f.default is not MISSING else None
+        kwargs: dict = {"help": _escape(meta["help"])}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name == "optim_size":
+            kwargs.update(type=_size, metavar="HxW")
+        elif default is not None:
+            kwargs["type"] = type(default)
+        else:
+            kwargs["type"] = float if "float" in str(f.type) else int
+        if profiled:
+            svd = profiles.SVD.overrides.get(f.name)
+            text = kwargs["help"]
+            if svd is not None:
+                text += _escape(f"; svd profile: {svd.value} [{svd.source}]; toy profile")
+            if meta.get("source"):
+                text += _escape(f" [{meta['source']}]")
+            if default is not None:
+                text += f" (default: {_escape(str(default))})"
+            kwargs["help"] = text
+            kwargs["default"] = None
+            action = group.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+            action.profile_defaults = {"toy": default, **({"svd": svd.value} if svd else {})}
+        else:
+            kwargs["help"] = _escape(help_text(f))
+            kwargs["default"] = default
+            group.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+
+
+def _add_model_flags(p: argparse.ArgumentParser, seed_help: str, model_default: str | None) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=models.DEFAULT_MODEL,
-                   help="hub id, local diffusers SVD folder, or 'toy' (the bundled model); "
-                        "the default is the paper's base model")
+    if model_default:
+        model_help = ("hub id, local diffusers SVD folder, or 'toy' (the bundled model); the default "
+                      "is the paper's base model")
+    else:
+        model_help = ("hub id, local diffusers SVD folder, or 'toy' (default: the model the "
+                      "embedding was learned on)")
+    g.add_argument("--model", default=model_default, help=model_help)
     g.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:N | mps; auto picks cuda, then mps, then cpu")
     g.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="weights' precision (default: fp16 on cuda, as SVD is released; "
                         "fp32 elsewhere)")
-    g.add_argument("--seed", type=int, default=seed_default, help=seed_help)
+    g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the free cores: the cores this process may use "
+                        "less the 1-minute load average, at least 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_range_flags(p: argparse.ArgumentParser) -> None:
+def _add_range_flags(p: argparse.ArgumentParser, recorded: bool) -> None:
     g = p.add_argument_group("reference clip (resampled to the model's F frames)")
-    g.add_argument("--start", type=int, default=0, help="first frame index used")
+    where = "the range the embedding records, else " if recorded else ""
+    g.add_argument("--start", type=int, default=None,
+                   help=f"first frame index used (default: {where}0)")
     g.add_argument("--end", type=int, default=None,
-                   help="frame index after the last one used (default: the clip's end)")
-    g.add_argument("--stride", type=int, default=1, help="keep every k-th frame of the range")
+                   help=f"frame index after the last one used (default: {where}the clip's end)")
+    g.add_argument("--stride", type=int, default=None,
+                   help=f"keep every k-th frame of the range (default: {where}1)")
 
 
-def _add_generation_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("generation (defaults: SVD pipeline; micro-conditioning and size "
-                             "from the embedding's metadata when recorded)")
-    g.add_argument("--steps", type=int, default=_SVD["num_inference_steps"],
-                   help="Euler denoising steps (SVD pipeline default)")
-    g.add_argument("--min-guidance", type=float, default=_SVD["min_guidance_scale"],
-                   help="CFG scale of the first frame (SVD pipeline default)")
-    g.add_argument("--max-guidance", type=float, default=_SVD["max_guidance_scale"],
-                   help="CFG scale of the last frame, linear in between (SVD pipeline default)")
-    g.add_argument("--fps", type=int, default=None,
-                   help=f"fps micro-conditioning and of the written video (default: the "
-                        f"embedding's, else SVD's {_SVD['fps']})")
-    g.add_argument("--motion-bucket-id", type=int, default=None,
-                   help=f"motion-amount micro-conditioning (default: the embedding's, else "
-                        f"SVD's {_SVD['motion_bucket_id']})")
-    g.add_argument("--noise-aug-strength", type=float, default=None,
-                   help=f"noise added to the image's latent (default: the embedding's, else "
-                        f"SVD's {_SVD['noise_aug_strength']})")
-    g.add_argument("--decode-chunk-size", type=int, default=_DECODE_CHUNK,
-                   help="frames per VAE decode (SVD docs' value; lower it if out of memory)")
-    g.add_argument("--height", type=int, default=None,
-                   help="output height, a multiple of 8 (default: the embedding's, else the "
-                        "model's native height)")
-    g.add_argument("--width", type=int, default=None,
-                   help="output width, a multiple of 8 (default: the embedding's, else the "
-                        "model's native width)")
+def _add_speed_flags(g) -> None:
+    """``--attention`` and ``--compile`` of the generation commands (invert: its config's)."""
+    d = InversionConfig()
+    for name in ("attention", "compile"):
+        f = next(f for f in fields(InversionConfig) if f.name == name)
+        kwargs = {"help": _escape(f.metadata["help"]), "default": getattr(d, name)}
+        if name == "compile":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["choices"] = routing.ATTENTION_KINDS
+        g.add_argument(f"--{name}", **kwargs)
 
+
+def _add_generation(p: argparse.ArgumentParser) -> None:
+    _add_setting_flags(p, GenerationConfig, profiled=False)
     g = p.add_argument_group("speed and memory")
     g.add_argument("--vae-dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="precision of the VAE (default: --dtype's). fp16 as the SVD pipeline "
@@ -574,117 +468,62 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     _add_speed_flags(g)
 
 
-def _add_speed_flags(g) -> None:
-    """``--attention`` and ``--compile``: shared by invert and the generation commands."""
-    g.add_argument("--attention", choices=routing.ATTENTION_KINDS, default=_DEFAULTS.attention,
-                   help="sdpa: torch's fused scaled_dot_product_attention (diffusers' default); "
-                        "eager: diffusers' classic matmul-softmax AttnProcessor (a reference; "
-                        "it holds whole attention matrices)")
-    g.add_argument("--compile", action="store_true", default=_DEFAULTS.compile,
-                   help="torch.compile the UNet (compiles on the first step: slow to start)")
+def _profile_note(argv: Sequence[str] | None) -> str:
+    """Which profile ``--model`` (as given on this command line, else the default) gets.
+
+    Only worked out for ``--help`` (it may read the model's config).
+    """
+    argv = list(argv or [])
+    if not any(a in ("-h", "--help") for a in argv):
+        return ""
+    model = models.DEFAULT_MODEL
+    for i, a in enumerate(argv):
+        if a == "--model" and i + 1 < len(argv):
+            model = argv[i + 1]
+        elif a.startswith("--model="):
+            model = a.split("=", 1)[1]
+    try:
+        with quiet_libraries():
+            name = profiles.profile_for(model).name
+    except ReenactError:
+        return f"--model {model}: not found; its profile is decided once it is."
+    return f"--model {model} gets the '{name}' profile."
 
 
-def _add_invert(sub) -> None:
-    d = _DEFAULTS
+def _add_invert(sub, argv: Sequence[str] | None) -> None:
     p = sub.add_parser(
         "invert", formatter_class=_HelpFormatter,
         help="learn a motion embedding from a reference video",
         description="Motion-textual inversion: optimise a (F+1) x N x d motion embedding so the "
                     "frozen SVD reconstructs VIDEO. Ctrl-C stops; rerun with --resume to "
-                    "continue from the last checkpoint.",
+                    "continue from the last checkpoint. Defaults come from the model's profile: "
+                    f"toy ({profiles.TOY.description}) or svd ({profiles.SVD.description}); "
+                    "each flag lists both, every value can be overridden. "
+                    + _escape(_profile_note(argv)),
     )
     p.add_argument("video", help="reference: a video file, an animated gif or a folder of frames")
     p.add_argument("-o", "--output", required=True, metavar="FILE.safetensors",
                    help="where the embedding is written (checkpoints: FILE.safetensors.ckpt)")
-    _add_model_flags(p, d.seed, "seed of initialisation, augmentations and noise sampling")
-    _add_range_flags(p)
-
-    g = p.add_argument_group("optimisation (paper: Adam on the EDM loss; what it leaves open "
-                             "has defaults from our toy-model measurements)")
-    g.add_argument("--steps", type=int, default=d.steps,
-                   help="optimisation steps: the toy benchmark reaches 90%% of its final transfer score by 30 and 98%% by 120 (benchmarks/convergence.py); the paper shows snapshots at 200-2000 for real SVD")
-    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (benchmarks/convergence.py: 1e-2 needs 8x the steps, 1e-1 plateaus lower)")
-    g.add_argument("--lr-schedule", choices=inversion._SCHEDULES, default=d.lr_schedule,
-                   help="learning-rate schedule (open in the paper)")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                   help="linear warm-up of warmup-cosine")
-    g.add_argument("--optimizer", choices=inversion._OPTIMIZERS, default=d.optimizer,
-                   help="paper: Adam; adamw runs without weight decay (it pulls the embedding "
-                        "to zero)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="noise samples per step (public reimplementation: 1)")
-    g.add_argument("--log-sigma-mean", type=float, default=d.log_sigma_mean,
-                   help="mean of ln sigma (SVD fine-tuning: 0.7; public reimplementation: 2.8)")
-    g.add_argument("--log-sigma-std", type=float, default=d.log_sigma_std,
-                   help="std of ln sigma (SVD fine-tuning)")
-    g.add_argument("--cond-log-sigma-mean", type=float, default=d.cond_log_sigma_mean,
-                   help="mean of ln sigma of the conditioning-frame noise (SVD training)")
-    g.add_argument("--cond-log-sigma-std", type=float, default=d.cond_log_sigma_std,
-                   help="its std (SVD training; 0 = fixed)")
-    g.add_argument("--cond-bank-size", type=int, default=d.cond_bank_size,
-                   help="noisy conditioning latents precomputed per clip copy")
-    g.add_argument("--early-stop-patience", type=int, default=d.early_stop_patience,
-                   help="stop when the loss EMA has not improved for this many steps (0 = off)")
-    g.add_argument("--early-stop-min-delta", type=float, default=d.early_stop_min_delta,
-                   help="improvement that counts for early stopping")
-
-    g = p.add_argument_group("the embedding (paper: per-frame sets, N = 5, CLIP initialisation)")
-    g.add_argument("--tokens", type=int, default=d.tokens, help="N tokens per set (paper)")
-    g.add_argument("--sets", choices=inversion._SETS, default=d.sets,
-                   help="per-frame: F+1 distinct sets (paper); shared: one set (its ablation)")
-    g.add_argument("--init", choices=inversion._INITS, default=d.init,
-                   help="clip: the frames' CLIP embeddings (patent claim 3); random or zeros "
-                        "for ablations")
-    g.add_argument("--init-noise-std", type=float, default=d.init_noise_std,
-                   help="noise making the N copies of a token differ (random: its std)")
-
-    g = p.add_argument_group("micro-conditioning (SVD pipeline defaults; recorded in the "
-                             "embedding and reused by animate)")
-    g.add_argument("--fps", type=int, default=d.fps, help="fps conditioning (UNet sees fps-1)")
-    g.add_argument("--motion-bucket-id", type=int, default=d.motion_bucket_id,
-                   help="motion-amount conditioning")
-    g.add_argument("--noise-aug-strength", type=float, default=d.noise_aug_strength,
-                   help="image-noise conditioning used at generation")
+    _add_model_flags(p, "seed of initialisation, augmentations and noise sampling",
+                     models.DEFAULT_MODEL)
+    _add_range_flags(p, recorded=False)
+    g = p.add_argument_group("reference clip (resampled to the model's F frames)")
     g.add_argument("--height", type=int, default=None,
                    help="size the clip is resized to and the embedding made for (default: the "
                         "model's native height; SVD: 576)")
     g.add_argument("--width", type=int, default=None,
                    help="(default: the model's native width; SVD: 1024)")
-
-    g = p.add_argument_group("augmentations against appearance leakage (paper: used, kind open)")
-    g.add_argument("--num-augmentations", type=int, default=d.num_augmentations,
-                   help="augmented copies of the clip (0 = none)")
-    g.add_argument("--flip-prob", type=float, default=d.flip_prob,
-                   help="probability that a copy is mirrored")
-    g.add_argument("--crop-scale", type=float, default=d.crop_scale,
-                   help="a copy's crop side is drawn from [crop-scale, 1]")
-
-    g = p.add_argument_group("speed and memory")
-    g.add_argument("--optim-size", type=_size, default=d.optim_size, metavar="HxW",
-                   help="optimise at this smaller size (default: the clip's size)")
-    g.add_argument("--mixed-precision", choices=inversion._PRECISIONS, default=d.mixed_precision,
-                   help="autocast dtype of the UNet passes")
-    g.add_argument("--gradient-checkpointing", action="store_true",
-                   default=d.gradient_checkpointing,
-                   help="recompute activations in the backward pass, temporal blocks included "
-                        "(SVD 14x576x1024 fp16: 54.7 -> 11.0 GB, +40%% FLOPs per step)")
-    _add_speed_flags(g)
-    g.add_argument("--encode-chunk-size", type=int, default=d.encode_chunk_size,
-                   help="frames per VAE encode")
-
+    g.add_argument("--save-frames", action="store_true",
+                   help="also write the frames the model sees (after selection, crop and resize) "
+                        "as pngs in FILE_frames/ beside the embedding")
+    _add_setting_flags(p, InversionConfig, profiled=True)
     g = p.add_argument_group("checkpoints and previews")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
-                   help="write FILE.safetensors.ckpt every K steps (0 = never)")
     g.add_argument("--resume", action="store_true",
                    help="continue from FILE.safetensors.ckpt (same clip, model and settings; "
-                        "--steps may change)")
+                        "--steps and --lr may change)")
     g.add_argument("--preview", nargs="+", default=[], metavar="IMAGE",
                    help="images to animate with the embedding at the end (and every "
                         "--preview-every steps)")
-    g.add_argument("--preview-every", type=int, default=d.preview_every, metavar="K",
-                   help="preview every K steps (0 = only at the end)")
-    g.add_argument("--preview-steps", type=int, default=d.preview_steps,
-                   help="Euler steps of a preview (cheaper than SVD's 25)")
     g.add_argument("--preview-dir", default=None, metavar="DIR",
                    help="where previews go (default: FILE_previews/ next to the output)")
     p.set_defaults(run=cmd_invert, interrupted="interrupted; resume with --resume")
@@ -702,12 +541,14 @@ def _add_animate(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="output folder: DIR/<image stem>.<format> (png: a folder of frames)")
     p.add_argument("--format", choices=video.OUTPUT_FORMATS, default="mp4", help="video format")
-    p.add_argument("--batch-size", type=int, default=_ANIMATE_BATCH,
-                   help="images per pipeline call (lower it if out of memory)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per pipeline call (default: {api.CUDA_BATCH} on CUDA -- a UNet "
+                        f"batch of 2 under CFG fits a 24 GB card at 14x576x1024 -- and "
+                        f"{api.OTHER_BATCH} elsewhere; lower it if out of memory)")
     p.add_argument("--cpu-offload", action="store_true",
                    help="keep idle components in CPU memory (cuda only; needs accelerate)")
-    _add_model_flags(p, 0, "seed of the generation noise (each image gets the same seed)")
-    _add_generation_flags(p)
+    _add_model_flags(p, "seed of the generation noise (each image gets the same seed)", None)
+    _add_generation(p)
     p.set_defaults(run=cmd_animate, interrupted="interrupted")
 
 
@@ -723,14 +564,18 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("video", help="the reference clip the embedding was learned on")
     p.add_argument("-o", "--output", default=None, metavar="FILE",
                    help="also write the reconstruction (.mp4, .gif, or a folder name for pngs)")
-    _add_model_flags(p, 0, "seed of the generation noise")
-    _add_range_flags(p)
-    _add_generation_flags(p)
+    _add_model_flags(p, "seed of the generation noise", None)
+    _add_range_flags(p, recorded=True)
+    _add_generation(p)
     p.set_defaults(run=cmd_reconstruct, interrupted="interrupted")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``reenact`` argument parser (subcommands set ``run`` and ``interrupted``)."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``reenact`` argument parser (subcommands set ``run`` and ``interrupted``).
+
+    ``argv``: the command line, only to say in ``invert --help`` which profile its ``--model``
+    gets.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -748,12 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"reenact {ver}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_invert(sub)
+    _add_invert(sub, argv)
     _add_animate(sub)
     _add_reconstruct(sub)
 
     p = sub.add_parser("info", formatter_class=_HelpFormatter,
-                       help="print a motion embedding's shape and metadata")
+                       help="print a motion embedding's shape, profile and metadata")
     p.add_argument("embedding", help="a .safetensors file written by `reenact invert`")
     p.set_defaults(run=cmd_info, interrupted="interrupted")
 
@@ -816,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``reenact``: returns the exit code (argparse exits 2 on usage errors)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.run(args)
     except ReenactError as e:

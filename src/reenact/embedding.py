@@ -8,6 +8,7 @@ used, the optimisation settings), so a file says what it needs to be reused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -187,6 +188,9 @@ class MotionEmbedding:
         for key in _SHAPE_KEYS:
             metadata.pop(key, None)  # restated from the tensor by __post_init__
         _check_generation_metadata(metadata, path)
+        if isinstance(metadata.get("optimisation"), str):  # files written before 2026-11-26
+            with contextlib.suppress(json.JSONDecodeError):  # stored the settings JSON-encoded twice
+                metadata["optimisation"] = json.loads(metadata["optimisation"])
         return cls(tensor=tensor, metadata=metadata, path=path)
 
 
@@ -347,7 +351,8 @@ def init_from_clip(
     N times (what SVD's temporal attention sees for that clip); plus Gaussian noise of std
     ``noise_std * clip_embeds.std()`` so the N copies differ (identical tokens get identical
     gradients and would stay identical). This is our reading of the patent's claim 3 ("initialised
-    from CLIP image embeddings of the reference frames"); the exact scheme is open (METHOD.md).
+    from CLIP image embeddings of the reference frames"); the exact scheme is open
+    (docs/METHOD.md, "The motion-text embedding").
     """
     if clip_embeds.ndim != 2:
         raise ValueError(f"clip_embeds must be (F, d), got {tuple(clip_embeds.shape)}")

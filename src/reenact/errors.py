@@ -35,3 +35,8 @@ class WriteError(InputError, OSError):
 
     Also an ``OSError``, so code that handles I/O failures generically still sees one.
     """
+
+
+class DivergedError(ReenactError):
+    """An inversion's loss or embedding became non-finite (NaN/inf); the last good checkpoint
+    is kept."""

@@ -1,36 +1,36 @@
 """Motion-textual inversion: optimise a motion-text embedding on one reference clip.
 
-The paper's core step (METHOD.md, "Optimisation"): Stable Video Diffusion stays frozen; the
+The paper's core step (docs/METHOD.md, "The optimisation"): Stable Video Diffusion stays frozen; the
 CLIP image embedding it normally attends to is replaced by a learned ``(F+1) x N x d``
-embedding, and only that embedding is optimised with SVD's own EDM v-prediction loss
-
-    x_s = x_0 + s*n,  ln s ~ N(mean, std^2)
-    D(x_s) = c_skip*x_s + c_out*F(c_in*x_s; c_noise, m, cond)
-    loss = w(s) * ||D(x_s) - x_0||^2,   w = (1+s^2)/s^2
-
-where ``x_0`` are the reference video's latents and ``cond`` the (noise-augmented) latent of its
-first frame. :func:`invert` is that loop and nothing else -- data, model, optimiser, step,
-log, checkpoint -- in the order it runs (nanoGPT / diffusers ``textual_inversion`` style).
+embedding, and only that embedding is optimised with SVD's own EDM loss (:mod:`reenact.edm`),
+where ``x_0`` are the reference video's latents and ``cond`` the (noise-augmented) latent of
+its first frame. :func:`invert` is that loop and nothing else -- data, embedding and
+optimiser, :func:`step`, log, checkpoint -- in the order it runs (nanoGPT style); each piece is
+a small named function benchmarks can call on their own.
 
 Decisions made here (the paper is silent on them; the knobs are fields of
-:class:`InversionConfig`, whose comments say where each default comes from):
+:class:`InversionConfig`, whose metadata says where each default comes from):
 
-* **Everything the VAE sees is encoded once, before the loop.** The reference latents (and
-  the latents of ``num_augmentations`` augmented copies of the clip) and a bank of
-  ``cond_bank_size`` noise-augmented conditioning latents per copy, each with its own
-  ``ln s_c ~ N(-3, 0.5^2)``, are precomputed; each step samples one copy and one bank entry.
-  Re-encoding per step would cost a VAE pass per step for a signal (a ~5 % pixel noise on one
-  frame) that a bank of 16 draws covers well.
+* **Everything the VAE sees is encoded once, before the loop** (:func:`encode_reference`): the
+  reference latents (and those of ``num_augmentations`` augmented copies of the clip) and a
+  bank of ``cond_bank_size`` noise-augmented conditioning latents per copy, each with its own
+  ``ln s_c ~ N(-3, 0.5^2)``; each step samples one copy and one bank entry. Re-encoding per
+  step would cost a VAE pass per step for a signal (a ~5 % pixel noise on one frame) that a
+  bank of 16 draws covers well.
 * **Augmentations** (against appearance leakage; the paper's kind is open): a random
   horizontal flip of the whole clip and a random crop of side scale ``[crop_scale, 1]``,
   same crop for all frames, resized back to the optimisation size. Copy 0 is always the
   unaugmented clip; the conditioning bank of each copy is built from *that* copy's first
   frame, so the model is never told that a flipped video starts from an unflipped frame.
-* **Resume**: a checkpoint (embedding, optimiser, RNG state, losses, config, a fingerprint
-  of the reference) is written atomically every ``checkpoint_every`` steps; ``resume=True``
-  continues from it bit-for-bit. An interrupt does *not* write a checkpoint (it may land in
-  the middle of an optimiser step); at most one interval is lost. The checkpoint is kept
-  until the final embedding is written, then deleted.
+  A flipped copy also mirrors the motion: keep ``flip_prob`` low (or 0) for motions whose
+  left/right direction matters.
+* **Resume**: a checkpoint (:class:`InversionState`'s state dict, the config, a fingerprint of
+  the reference and of the UNet) is written atomically every ``checkpoint_every`` steps;
+  ``resume=True`` continues from it bit-for-bit. An interrupt does *not* write a checkpoint
+  (it may land in the middle of an optimiser step); at most one interval is lost. The
+  checkpoint is kept until the final embedding is written, then deleted. A run whose loss or
+  embedding becomes non-finite stops with :class:`~reenact.errors.DivergedError`, keeping the
+  last (finite) checkpoint.
 * **Randomness**: separate generators seeded from ``config.seed`` for the initialisation,
   the augmentations, the conditioning bank and the per-step sampling, so the precomputed
   banks are identical on resume and only the per-step generator's state needs saving.
@@ -41,20 +41,20 @@ Decisions made here (the paper is silent on them; the knobs are fields of
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
 
 import torch
 import torch.nn.functional as F_nn
 from tqdm.auto import tqdm
 
+from reenact import edm, settings
 from reenact.embedding import (
     FORMAT_VERSION,
     MotionEmbedding,
@@ -64,16 +64,21 @@ from reenact.embedding import (
     init_zeros,
     unet_fingerprint,
 )
-from reenact.edm import denoise, loss as edm_loss
-from reenact.errors import ConfigError, InputError
+from reenact.errors import ConfigError, DivergedError, InputError
 from reenact.files import atomic_write
 from reenact.routing import ATTENTION_KINDS, flatten_embedding, install_motion_routing, set_attention
+from reenact.settings import setting
 
 __all__ = [
     "InversionConfig",
     "InversionResult",
+    "InversionState",
+    "ReferenceLatents",
     "invert",
+    "step",
+    "encode_reference",
     "lr_at",
+    "reference_fingerprint",
     "checkpoint_path",
     "checkpoint_temporal_blocks",
     "gradient_checkpointing",
@@ -85,121 +90,147 @@ LOSS_EMA_DECAY = 0.98
 #: Version of the checkpoint dict layout.
 CHECKPOINT_VERSION = 1
 
-_SCHEDULES = ("constant", "cosine", "warmup-cosine")
-_OPTIMIZERS = ("adam", "adamw")
-_SETS = ("per-frame", "shared")
-_INITS = ("clip", "random", "zeros")
-_PRECISIONS = ("no", "fp16", "bf16")
+SCHEDULES = ("constant", "cosine", "warmup-cosine")
+OPTIMIZERS = ("adam", "adamw")
+SETS = ("per-frame", "shared")
+INITS = ("clip", "random", "zeros")
+PRECISIONS = ("no", "fp16", "bf16")
 #: Config fields that may change between an interrupted run and its resumption: they do not
 #: change what is optimised (``steps`` may be raised to extend a run; with a cosine schedule
-#: the remaining schedule then follows the new length).
+#: the remaining schedule then follows the new length; ``lr`` may be lowered to continue a run
+#: that diverged from its last good checkpoint).
 _RESUMABLE_CHANGES = frozenset({
-    "steps", "checkpoint_every", "preview_every", "preview_steps", "early_stop_patience",
+    "steps", "lr", "checkpoint_every", "preview_every", "preview_steps", "early_stop_patience",
     "early_stop_min_delta", "gradient_checkpointing", "encode_chunk_size", "attention", "compile",
 })
+
+# help groups of the `reenact invert` flags
+_OPT = "optimisation (paper: Adam on the EDM loss; what it leaves open is set per model profile)"
+_EMB = "the embedding (paper: per-frame sets, N = 5, CLIP initialisation)"
+_NOISE = "noise levels of the EDM loss"
+_MICRO = "micro-conditioning (SVD pipeline defaults; recorded in the embedding and reused by animate)"
+_AUG = "augmentations against appearance leakage (paper: used, kind open)"
+_SPEED = "speed and memory"
+_CKPT = "checkpoints and previews"
+_TOY = "toy benchmark (benchmarks/convergence.py, docs/PERFORMANCE.md)"
 
 
 @dataclass
 class InversionConfig:
-    """Every knob of the inversion, with where its default comes from."""
+    """Every knob of the inversion. The defaults are the measured ones of the toy model; the
+    per-model profiles (:mod:`reenact.profiles`) replace some of them for other models. Each
+    field's metadata says what it does, where its default comes from and its valid range."""
 
-    # -- optimisation (METHOD.md: Adam per the paper; lr/steps/schedule are open) --
-    steps: int = 80  # toy convergence benchmark: 90% of the final score by 30, 97% by 60; paper: 200-2000 on SVD
-    lr: float = 5e-2  # toy convergence benchmark: 8x fewer steps than 1e-2; 1e-1 plateaus lower
-    lr_schedule: str = "constant"  # "constant" | "cosine" | "warmup-cosine"; open in the paper
-    warmup_steps: int = 20  # only for "warmup-cosine": linear warm-up length (no source)
-    optimizer: str = "adam"  # paper: Adam. "adamw" allowed, but weight_decay is forced to 0:
-    # the public reimplementation's AdamW weight decay pulls the embedding to zero.
-    batch_size: int = 1  # public reimplementation: batch 1
-    seed: int = 0
+    # -- optimisation --
+    steps: int = setting(
+        80, "optimisation steps", low=1, high=10**6, group=_OPT,
+        source=f"{_TOY}: 90% of the final transfer score by 30 steps, 97% by 60")
+    lr: float = setting(
+        5e-2, "Adam learning rate (Adam's step is absolute per element: it depends on the "
+        "embedding's scale)", low=1e-8, high=1.0, group=_OPT,
+        source=f"{_TOY}: 1e-2 needs 8x the steps, 1e-1 plateaus lower")
+    lr_relative: bool = setting(
+        False, "multiply --lr by the initial embedding's per-element RMS, so one lr fits models "
+        "whose embeddings differ in scale", group=_OPT,
+        source="off on the toy: its CLIP initialisation has RMS 0.87-1.01 (8 benchmark clips), so "
+        "absolute and relative lr agree there")
+    lr_schedule: str = setting("constant", "learning-rate schedule", choices=SCHEDULES,
+                               group=_OPT, source="open in the paper; constant measured best on the toy")
+    warmup_steps: int = setting(20, "linear warm-up length of warmup-cosine", low=0, high=10**6,
+                                group=_OPT, source="no source")
+    optimizer: str = setting(
+        "adam", "optimiser; adamw runs without weight decay (the public reimplementation's "
+        "decay pulls the embedding to zero)", choices=OPTIMIZERS, group=_OPT, source="paper: Adam")
+    batch_size: int = setting(1, "noise samples per step", low=1, high=64, group=_OPT,
+                              source="public reimplementation: 1")
+    seed: int = setting(0, "seed of initialisation, augmentations and noise sampling",
+                        low=0, high=2**63 - 1, flag=False)
+    early_stop_patience: int = setting(
+        0, "stop when the loss EMA has not improved for this many steps (0 = off)", low=0,
+        high=10**6, group=_OPT, source="off: the EDM loss is too noisy to be a convergence signal")
+    early_stop_min_delta: float = setting(0.0, "improvement that counts for early stopping",
+                                          low=0.0, high=1e6, group=_OPT, source="no source")
 
-    # -- the embedding (METHOD.md "The motion-text embedding") --
-    tokens: int = 5  # N, paper default
-    sets: str = "per-frame"  # "per-frame": F+1 distinct sets (paper); "shared": one set
-    # (1, N, d) expanded to all F+1 -- the paper's F'=1 ablation
-    init: str = "clip"  # "clip" (patent claim 3) | "random" (N(0, init_noise_std^2)) | "zeros"
-    # ("zeros": the N tokens of a set get identical gradients and stay identical -- an ablation)
-    init_noise_std: float = 0.1  # noise that makes the N copies of a CLIP token differ
+    # -- the embedding --
+    tokens: int = setting(5, "N tokens per set", low=1, high=1024, group=_EMB, source="paper: N = 5")
+    sets: str = setting(
+        "per-frame", "per-frame: F+1 distinct sets; shared: one set for all (the paper's F'=1 "
+        "ablation)", choices=SETS, group=_EMB, source="paper: per-frame")
+    init: str = setting(
+        "clip", "clip: the frames' CLIP embeddings; random / zeros for ablations (zeros: the N "
+        "tokens of a set get identical gradients and stay identical)", choices=INITS, group=_EMB,
+        source="patent claim 3: initialised from CLIP image embeddings of the reference frames")
+    init_noise_std: float = setting(
+        0.1, "noise making the N copies of a token differ, relative to the CLIP embeddings' std "
+        "(random: the absolute std)", low=0.0, high=10.0, group=_EMB, source="no source")
 
-    # -- EDM noise levels (METHOD.md "Optimisation") --
-    log_sigma_mean: float = 0.7  # SVD fine-tuning default; public reimpl used 2.8 (open)
-    log_sigma_std: float = 1.6  # SVD fine-tuning default
-    cond_log_sigma_mean: float = -3.0  # conditioning-frame noise ln s_c ~ N(-3, 0.5^2)
-    cond_log_sigma_std: float = 0.5  # (0 = a fixed s_c = exp(mean))
-    cond_bank_size: int = 16  # noise-augmented conditioning latents precomputed per clip copy
+    # -- EDM noise levels --
+    log_sigma_mean: float = setting(
+        0.7, "mean of ln sigma of the training noise", low=-6.2, high=6.5, group=_NOISE,
+        source="SVD fine-tuning default; on the toy N(2.8, 1.6^2) starts faster and ends "
+        "the same (3 references), so SVD's own training distribution is kept")
+    log_sigma_std: float = setting(1.6, "std of ln sigma", low=0.0, high=5.0, group=_NOISE,
+                                   source="SVD fine-tuning default")
+    cond_log_sigma_mean: float = setting(
+        -3.0, "mean of ln sigma of the conditioning-frame noise", low=-10.0, high=2.0,
+        group=_NOISE, source="SVD training")
+    cond_log_sigma_std: float = setting(0.5, "its std (0 = a fixed s_c = exp(mean))", low=0.0,
+                                        high=3.0, group=_NOISE, source="SVD training")
+    cond_bank_size: int = setting(16, "noisy conditioning latents precomputed per clip copy",
+                                  low=1, high=4096, group=_NOISE, source="no source; see module docs")
 
-    # -- micro-conditioning (ARCHITECTURE.md: identical in inversion and generation) --
-    fps: int = 7  # SVD pipeline default; the UNet sees fps-1
-    motion_bucket_id: int = 127  # SVD pipeline default
-    noise_aug_strength: float = 0.02  # generation-time convention, stored in the metadata;
-    # during inversion the third added-time id is the sampled s_c of the bank entry
+    # -- micro-conditioning (identical in inversion and generation) --
+    fps: int = setting(7, "fps conditioning (the UNet sees fps-1)", low=1, high=1000,
+                       group=_MICRO, source="SVD pipeline default")
+    motion_bucket_id: int = setting(127, "motion-amount conditioning", low=0, high=1023,
+                                    group=_MICRO, source="SVD pipeline default")
+    noise_aug_strength: float = setting(
+        0.02, "image-noise conditioning used at generation (during inversion the third added-"
+        "time id is the sampled s_c)", low=0.0, high=10.0, group=_MICRO,
+        source="SVD pipeline default")
 
-    # -- augmentations (paper: used, kind open). Precomputed: see the module docstring --
-    num_augmentations: int = 0  # K augmented copies of the clip (0 = none)
-    flip_prob: float = 0.0  # probability that a copy is horizontally flipped
-    crop_scale: float = 1.0  # crop side scale drawn from [crop_scale, 1] per copy
+    # -- augmentations (precomputed: see the module docstring) --
+    num_augmentations: int = setting(0, "augmented copies of the clip (0 = none)", low=0,
+                                     high=64, group=_AUG, source="off on the toy (no leakage measured)")
+    flip_prob: float = setting(0.0, "probability that a copy is mirrored (mirrors the motion too)",
+                               low=0.0, high=1.0, group=_AUG, source="off on the toy")
+    crop_scale: float = setting(1.0, "a copy's crop side is drawn from [crop-scale, 1]",
+                                low=0.01, high=1.0, group=_AUG, source="1 = no crop on the toy")
 
     # -- speed / memory --
-    optim_size: tuple[int, int] | None = None  # (H, W) to optimise at; None = frames' size
-    mixed_precision: str = "no"  # "fp16" | "bf16": torch.autocast on the device
-    gradient_checkpointing: bool = False  # diffusers' + the temporal blocks (gradient_checkpointing());
-    # SVD at 14x576x1024, fp16 weights: peak 54.7 -> 11.0 GB, +40% FLOPs per step (PERFORMANCE.md)
-    attention: str = "sdpa"  # "sdpa" (torch's fused kernel) | "eager" (diffusers' AttnProcessor);
-    # set on every attention layer for the run (other processors, e.g. xformers', are restored after)
-    compile: bool = False  # torch.compile the UNet for the run (Module.compile, undone afterwards)
-    encode_chunk_size: int = 8  # frames per VAE encode call
+    optim_size: tuple[int, int] | None = setting(
+        None, "optimise at this smaller HxW (default: the clip's size)", group=_SPEED)
+    mixed_precision: str = setting("no", "autocast dtype of the UNet passes", choices=PRECISIONS,
+                                   group=_SPEED)
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in the backward pass, temporal blocks included "
+        "(SVD 14x576x1024 fp16: 54.7 -> 11.0 GB, +40% FLOPs per step; docs/PERFORMANCE.md)",
+        group=_SPEED, source="off on the toy: it only costs time there")
+    attention: str = setting(
+        "sdpa", "sdpa: torch's fused scaled_dot_product_attention (diffusers' default); eager: "
+        "diffusers' classic AttnProcessor (a reference; it holds whole attention matrices)",
+        choices=ATTENTION_KINDS, group=_SPEED)
+    compile: bool = setting(False, "torch.compile the UNet for the run (slow to start)",
+                            group=_SPEED)
+    encode_chunk_size: int = setting(8, "frames per VAE encode call", low=1, high=1024,
+                                     group=_SPEED, source="SVD docs' decode chunk")
 
     # -- stopping, checkpoints, previews --
-    early_stop_patience: int = 0  # 0 = off; else stop when the loss EMA has not improved
-    early_stop_min_delta: float = 0.0  # by more than this for `patience` steps
-    checkpoint_every: int = 50  # steps between checkpoints (0 = never); needs an output path
-    preview_every: int = 0  # steps between preview gifs (0 = only at the end, if asked)
-    preview_steps: int = 10  # Euler steps of a preview generation (SVD default 25; cheap)
+    checkpoint_every: int = setting(50, "write FILE.safetensors.ckpt every K steps (0 = never)",
+                                    low=0, high=10**6, group=_CKPT)
+    preview_every: int = setting(0, "preview every K steps (0 = only at the end)", low=0,
+                                 high=10**6, group=_CKPT)
+    preview_steps: int = setting(10, "Euler steps of a preview (cheaper than SVD's 25)", low=1,
+                                 high=1000, group=_CKPT)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first out-of-range setting."""
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be >= 1 (got {self.steps})")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0 (got {self.lr})")
-        need(isinstance(self.tokens, int) and self.tokens >= 1,
-             f"tokens must be >= 1 (got {self.tokens})")
-        need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
-        for name, value, allowed in (
-            ("lr_schedule", self.lr_schedule, _SCHEDULES),
-            ("optimizer", self.optimizer, _OPTIMIZERS),
-            ("sets", self.sets, _SETS),
-            ("init", self.init, _INITS),
-            ("mixed_precision", self.mixed_precision, _PRECISIONS),
-            ("attention", self.attention, ATTENTION_KINDS),
-        ):
-            need(value in allowed, f"{name} must be one of {', '.join(allowed)} (got {value!r})")
-        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0 (got {self.warmup_steps})")
-        need(self.init_noise_std >= 0, f"init_noise_std must be >= 0 (got {self.init_noise_std})")
-        need(self.log_sigma_std >= 0, f"log_sigma_std must be >= 0 (got {self.log_sigma_std})")
-        need(self.cond_log_sigma_std >= 0,
-             f"cond_log_sigma_std must be >= 0 (got {self.cond_log_sigma_std})")
-        need(self.cond_bank_size >= 1, f"cond_bank_size must be >= 1 (got {self.cond_bank_size})")
-        need(self.fps >= 1, f"fps must be >= 1 (got {self.fps})")
-        need(self.noise_aug_strength >= 0,
-             f"noise_aug_strength must be >= 0 (got {self.noise_aug_strength})")
-        need(self.num_augmentations >= 0,
-             f"num_augmentations must be >= 0 (got {self.num_augmentations})")
-        need(0.0 <= self.flip_prob <= 1.0, f"flip_prob must be in [0, 1] (got {self.flip_prob})")
-        need(0.0 < self.crop_scale <= 1.0, f"crop_scale must be in (0, 1] (got {self.crop_scale})")
+        settings.validate(self)
         if self.optim_size is not None:
-            need(len(self.optim_size) == 2 and all(v >= 8 and v % 8 == 0 for v in self.optim_size),
-                 f"optim_size must be (H, W), multiples of 8 (got {self.optim_size})")
-        need(self.encode_chunk_size >= 1,
-             f"encode_chunk_size must be >= 1 (got {self.encode_chunk_size})")
-        for name in ("early_stop_patience", "checkpoint_every", "preview_every"):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)})")
-        need(self.early_stop_min_delta >= 0,
-             f"early_stop_min_delta must be >= 0 (got {self.early_stop_min_delta})")
-        need(self.preview_steps >= 1, f"preview_steps must be >= 1 (got {self.preview_steps})")
+            size = tuple(self.optim_size)
+            if not (len(size) == 2 and all(isinstance(v, int) and 8 <= v <= 4096 and v % 8 == 0
+                                           for v in size)):
+                raise ConfigError(f"optim_size must be (H, W), multiples of 8 (got {self.optim_size})")
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (``optim_size`` as a list)."""
@@ -207,6 +238,15 @@ class InversionConfig:
         if d["optim_size"] is not None:
             d["optim_size"] = [int(v) for v in d["optim_size"]]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InversionConfig:
+        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are ignored."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("optim_size") is not None:
+            kw["optim_size"] = tuple(kw["optim_size"])
+        return cls(**kw)
 
 
 @dataclass
@@ -223,8 +263,6 @@ class InversionResult:
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # step -> (F+1, N, d), see snapshot_at
 
 
-# --- schedule ---------------------------------------------------------------------------------
-
 def lr_at(step: int, config: InversionConfig) -> float:
     """Learning rate of 0-based ``step``: constant, cosine to 0, or linear warm-up then cosine."""
     if config.lr_schedule == "constant":
@@ -236,7 +274,7 @@ def lr_at(step: int, config: InversionConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# --- one-time preparation ----------------------------------------------------------------------
+# --- the data: everything the VAE sees, encoded once -------------------------------------------
 
 def checkpoint_path(output: str | os.PathLike) -> Path:
     """Where the checkpoint of a run writing ``output`` lives: ``<output>.ckpt``."""
@@ -244,7 +282,8 @@ def checkpoint_path(output: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".ckpt")
 
 
-def _reference_fingerprint(frames: torch.Tensor, name: str) -> dict:
+def reference_fingerprint(frames: torch.Tensor, name: str = "") -> dict:
+    """Shape and SHA-256 of the reference tensor: which clip (range, size) a run was made on."""
     data = frames.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     return {"shape": list(frames.shape), "sha256": hashlib.sha256(data).hexdigest(), "name": name}
 
@@ -315,7 +354,119 @@ def _latent_banks(vae: torch.nn.Module, copies: list[torch.Tensor], config: Inve
     return torch.stack(x0s), torch.stack(conds), torch.stack(scs)
 
 
-def _initial_embedding(pipe, frames: torch.Tensor, config: InversionConfig, dim: int) -> torch.Tensor:
+@dataclass
+class ReferenceLatents:
+    """The reference as the loop samples it: ``x0`` ``(V, F, C, h, w)`` scaled latents of the V
+    clip copies, ``cond`` ``(V, K, C, h, w)`` unscaled latents of K noise-augmented first frames
+    per copy, ``cond_sigma`` ``(V, K)`` their noise levels (the third added-time id)."""
+
+    x0: torch.Tensor
+    cond: torch.Tensor
+    cond_sigma: torch.Tensor
+
+    def to(self, device: torch.device) -> ReferenceLatents:
+        return ReferenceLatents(self.x0.to(device), self.cond.to(device), self.cond_sigma.to(device))
+
+
+def encode_reference(vae: torch.nn.Module, frames: torch.Tensor, config: InversionConfig) -> ReferenceLatents:
+    """Augment ``frames`` (F, 3, H, W) and encode every copy and its conditioning bank, once."""
+    size = tuple(config.optim_size) if config.optim_size else tuple(frames.shape[-2:])
+    return ReferenceLatents(*_latent_banks(vae, _augmented_copies(frames, size, config), config))
+
+
+# --- the state: embedding, optimiser, random stream, loss log ---------------------------------
+
+@dataclass
+class LossLog:
+    """Every step's loss, their bias-corrected EMA (progress bar, early stopping) and its best."""
+
+    losses: list[float] = field(default_factory=list)
+    ema: float = 0.0
+    best: float = math.inf
+    since_best: int = 0
+
+    def add(self, loss: float, min_delta: float) -> float:
+        """Record ``loss``; return the bias-corrected EMA."""
+        self.losses.append(loss)
+        self.ema = LOSS_EMA_DECAY * self.ema + (1 - LOSS_EMA_DECAY) * loss
+        ema_hat = self.ema / (1 - LOSS_EMA_DECAY ** len(self.losses))
+        if ema_hat < self.best - min_delta:
+            self.best, self.since_best = ema_hat, 0
+        else:
+            self.since_best += 1
+        return ema_hat
+
+    def recent_mean(self, n: int = 10) -> float:
+        tail = self.losses[-n:]
+        return sum(tail) / max(1, len(tail))
+
+
+@dataclass
+class InversionState:
+    """Everything that changes during a run; :meth:`state_dict` / :meth:`load_state_dict` are
+    symmetric, and are the checkpoint (with the config and fingerprints beside them)."""
+
+    param: torch.nn.Parameter  # (F+1, N, d), or (1, N, d) for sets="shared"
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator | None  # the per-step sampling stream (None on "meta": no RNG there)
+    num_frames: int
+    lr_scale: float = 1.0  # the initial embedding's RMS with lr_relative, else 1
+    step: int = 0
+    log: LossLog = field(default_factory=LossLog)
+
+    @classmethod
+    def create(cls, init: torch.Tensor, config: InversionConfig, num_frames: int,
+               device: torch.device, half_precision: bool) -> InversionState:
+        """A fresh state from the initial embedding ``init`` (see :func:`initial_embedding`)."""
+        param = torch.nn.Parameter(init.detach().float().to(device).clone())  # never alias `init`
+        if config.optimizer == "adamw":  # weight decay forced to 0: see InversionConfig.optimizer
+            optimizer = torch.optim.AdamW([param], lr=config.lr, weight_decay=0.0)
+        else:
+            optimizer = torch.optim.Adam([param], lr=config.lr)
+        scaler = torch.amp.GradScaler(device.type, enabled=half_precision)
+        generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(config.seed + 3)
+        lr_scale = float(init.float().pow(2).mean().sqrt()) if config.lr_relative else 1.0
+        return cls(param, optimizer, scaler, generator, num_frames, lr_scale)
+
+    def sets(self) -> torch.Tensor:
+        """The embedding as the model sees it, (F+1, N, d); "shared" expands its single set."""
+        return self.param.expand(self.num_frames + 1, -1, -1) if self.param.shape[0] == 1 else self.param
+
+    def embedding(self, metadata: dict) -> MotionEmbedding:
+        """A detached copy as a :class:`MotionEmbedding`, with the run's progress in its metadata."""
+        meta = {**metadata, "steps_done": self.step, "final_loss": self.log.recent_mean()}
+        return MotionEmbedding(self.sets().detach().float().cpu().clone(), meta)
+
+    def is_finite(self) -> bool:
+        return bool(self.log.losses) and math.isfinite(self.log.losses[-1]) and bool(
+            torch.isfinite(self.param).all())
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "lr_scale": self.lr_scale,
+            "embedding": self.param.detach().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": self.generator.get_state(),
+            "losses": list(self.log.losses),
+            "ema": self.log.ema, "best_ema": self.log.best, "since_best": self.log.since_best,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        with torch.no_grad():
+            self.param.copy_(d["embedding"].to(self.param.device))
+        self.optimizer.load_state_dict(copy.deepcopy(d["optimizer"]))  # never alias another state
+        if self.scaler.is_enabled() and d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
+        self.generator.set_state(d["rng"])
+        self.step = int(d["step"])
+        self.lr_scale = float(d.get("lr_scale", 1.0))
+        self.log = LossLog(list(d["losses"]), d["ema"], d["best_ema"], d["since_best"])
+
+
+def initial_embedding(pipe, frames: torch.Tensor, config: InversionConfig, dim: int) -> torch.Tensor:
     """(F+1, N, d) -- or (1, N, d) for ``sets="shared"`` -- float32 on the CPU.
 
     "shared" keeps the temporal set of the full initialisation, i.e. frame 0's CLIP embedding
@@ -335,13 +486,62 @@ def _initial_embedding(pipe, frames: torch.Tensor, config: InversionConfig, dim:
     return emb[-1:].clone() if config.sets == "shared" else emb.clone()
 
 
-def _make_optimizer(param: torch.nn.Parameter, config: InversionConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW([param], lr=config.lr, weight_decay=0.0)  # see InversionConfig
-    return torch.optim.Adam([param], lr=config.lr)
+# --- one step ---------------------------------------------------------------------------------
+
+def sample_batch(latents: ReferenceLatents, config: InversionConfig, gen: torch.Generator):
+    """Draw a clip copy, a conditioning draw, a noise level and the noise, per batch element.
+
+    Returns ``x0``, ``sigma``, ``x_s``, ``cond`` (repeated over frames) and ``added_time_ids``.
+    """
+    b, device = config.batch_size, latents.x0.device
+    num_copies, bank_size = latents.cond.shape[:2]
+    num_frames = latents.x0.shape[1]
+    copy = torch.randint(num_copies, (b,), generator=gen, device=device)
+    draw = torch.randint(bank_size, (b,), generator=gen, device=device)
+    sigma = edm.sample_sigma(b, config.log_sigma_mean, config.log_sigma_std, gen, device)
+    x0 = latents.x0[copy]
+    x_s = x0 + edm.append_dims(sigma, x0.ndim) * torch.randn(x0.shape, generator=gen, device=device)
+    cond = latents.cond[copy, draw].unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
+    time_ids = torch.stack([torch.full((b,), float(config.fps - 1), device=device),
+                            torch.full((b,), float(config.motion_bucket_id), device=device),
+                            latents.cond_sigma[copy, draw]], dim=1)
+    return x0, sigma, x_s, cond, time_ids
+
+
+def step(unet: torch.nn.Module, state: InversionState, latents: ReferenceLatents,
+         config: InversionConfig) -> torch.Tensor:
+    """One optimisation step: sample, denoise, EDM loss, backward to the embedding, Adam.
+
+    The motion routing must be installed on ``unet`` (``invert`` does it). Returns the loss
+    tensor (not synchronised; ``.item()`` it to log).
+    """
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr_at(state.step, config) * state.lr_scale
+    x0, sigma, x_s, cond, time_ids = sample_batch(latents, config, state.generator)
+    context = flatten_embedding(state.sets()).expand(config.batch_size, -1, -1)
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+    device_type = latents.x0.device.type
+    with torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+        denoised = edm.denoise(unet, x_s, sigma, cond, context, time_ids)
+    loss = edm.loss(denoised, x0, sigma)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.step += 1
+    return loss
 
 
 # --- checkpoints -------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, state: InversionState, config: InversionConfig, reference: dict,
+                    fingerprint: str) -> None:
+    """The state plus what identifies the run, written atomically (a full disk: WriteError)."""
+    ckpt = {**state.state_dict(), "version": CHECKPOINT_VERSION, "config": config.to_dict(),
+            "reference": reference, "unet_fingerprint": fingerprint}
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
+
 
 def _load_checkpoint(path: Path, config: InversionConfig, reference: dict, fingerprint: str) -> dict:
     """Load ``path`` and refuse (ConfigError naming the difference) if it belongs to another run."""
@@ -466,8 +666,12 @@ def _frozen(pipe, config: InversionConfig) -> Iterator[None]:
 
 def _write_previews(pipe, embedding: MotionEmbedding, images: list, folder: Path, step: int,
                     config: InversionConfig, size: tuple[int, int]) -> list[Path]:
-    """Animate ``images`` with the current embedding in one batched pipeline call; gifs to ``folder``."""
-    from reenact.pipeline import MotionTransferPipeline
+    """Animate ``images`` with the current embedding in one batched pipeline call; gifs to ``folder``.
+
+    Generated with the embedding's own micro-conditioning, ``config.preview_steps`` Euler steps
+    and a generator seeded ``config.seed`` (never the training stream).
+    """
+    from reenact.pipeline import GenerationConfig, MotionTransferPipeline
     from reenact.video import write_video
 
     if isinstance(pipe, MotionTransferPipeline):
@@ -475,21 +679,10 @@ def _write_previews(pipe, embedding: MotionEmbedding, images: list, folder: Path
     else:
         gen_pipe = MotionTransferPipeline(**pipe.components)
         gen_pipe.set_progress_bar_config(disable=True)
-    videos = gen_pipe(
-        images,
-        motion_embedding=embedding,
-        height=size[0],
-        width=size[1],
-        num_frames=embedding.tensor.shape[0] - 1,
-        num_inference_steps=config.preview_steps,
-        fps=config.fps,
-        motion_bucket_id=config.motion_bucket_id,
-        noise_aug_strength=config.noise_aug_strength,
-        generator=torch.Generator().manual_seed(config.seed),  # never the training stream
-        output_type="pil",
-    ).frames
+    gen = GenerationConfig(steps=config.preview_steps, seed=config.seed).resolve(embedding, size)
+    videos = gen_pipe.animate(images, embedding, gen)
     return [
-        write_video(frames, Path(folder) / f"step_{step:06d}_{i}.gif", fps=config.fps, fmt="gif")
+        write_video(frames, Path(folder) / f"step_{step:06d}_{i}.gif", fps=gen.fps, fmt="gif")
         for i, frames in enumerate(videos)
     ]
 
@@ -509,6 +702,7 @@ def invert(
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
     snapshot_at: Collection[int] = (),
+    metadata: dict | None = None,
 ) -> InversionResult:
     """Optimise a motion embedding so the frozen SVD in ``pipe`` reconstructs ``frames``.
 
@@ -521,176 +715,125 @@ def invert(
     Previews of ``preview_images`` (PIL images) are written to ``preview_dir`` every
     ``config.preview_every`` steps and at the end. ``snapshot_at``: steps after which a copy of
     the embedding is kept in ``result.snapshots`` (the convergence benchmark scores them).
+    ``metadata``: extra entries recorded in the embedding (e.g. where the frames came from).
     """
-    config = config or InversionConfig()
-    config.validate()
-    if not (isinstance(frames, torch.Tensor) and frames.ndim == 4 and frames.shape[1] == 3):
-        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise InputError(f"reference must be a (F, 3, H, W) tensor (got {got})")
-    num_frames, _, height, width = frames.shape
-    if height % 8 or width % 8:
-        raise InputError(f"reference size {height}x{width} must be a multiple of 8 (resize it)")
-    if resume and output is None:
-        raise ConfigError("resume needs an output path (the checkpoint is <output>.ckpt)")
-    output = Path(output) if output is not None else None
-    ckpt_file = checkpoint_path(output) if output is not None else None
-    preview = bool(preview_images) and preview_dir is not None
+    config = _checked(config or InversionConfig(), frames, output, resume)
     t_start = time.perf_counter()
-
-    unet, vae = pipe.unet, pipe.vae
-    device = unet.device
-    dim = unet.config.cross_attention_dim
+    unet, num_frames, device = pipe.unet, frames.shape[0], pipe.unet.device
     frames = frames.detach().float().cpu()
-    reference = _reference_fingerprint(frames, reference_name)
+    reference = reference_fingerprint(frames, reference_name)
     fingerprint = unet_fingerprint(unet)
-    ckpt = None
-    if resume and ckpt_file.exists():
-        ckpt = _load_checkpoint(ckpt_file, config, reference, fingerprint)
-    base_model = getattr(pipe, "model_name", None) or getattr(pipe, "name_or_path", "") or "unknown"
-    metadata = {  # of the saved embedding; steps_done / final_loss are added at the end
-        "format_version": FORMAT_VERSION,
-        "base_model": base_model,
-        "unet_fingerprint": fingerprint,
-        "num_frames": num_frames,
-        "tokens": config.tokens,
-        "dim": dim,
-        "height": height,  # the generation size = the reference's size
-        "width": width,
-        "fps": config.fps,
-        "motion_bucket_id": config.motion_bucket_id,
-        "noise_aug_strength": config.noise_aug_strength,
-        "optimisation": json.dumps(config.to_dict(), sort_keys=True),
-        "seed": config.seed,
-        "reference": reference_name,
-        "reference_sha256": reference["sha256"],
-    }
+    ckpt_file = checkpoint_path(output) if output is not None else None
+    ckpt = _load_checkpoint(ckpt_file, config, reference, fingerprint) if resume and ckpt_file.exists() else None
+    meta = _embedding_metadata(pipe, frames, config, reference_name, reference["sha256"], metadata)
+    preview = bool(preview_images) and preview_dir is not None
+    previews: list[Path] = []
+    snapshots: dict[int, torch.Tensor] = {}
+    stopped_early = False
 
     with _frozen(pipe, config):
-        # 1. data: every VAE pass happens here, once
-        size = tuple(config.optim_size) if config.optim_size else (height, width)
-        banks = _latent_banks(vae, _augmented_copies(frames, size, config), config)
-        x0_bank, cond_bank, sc_bank = (t.to(device) for t in banks)
-        num_copies, bank_size = cond_bank.shape[:2]
-
-        # 2. the embedding, its optimiser, the random stream (all from the checkpoint on resume)
-        init = ckpt["embedding"] if ckpt else _initial_embedding(pipe, frames, config, dim)
-        param = torch.nn.Parameter(init.float().to(device))
-        optimizer = _make_optimizer(param, config)
-        use_scaler = config.mixed_precision == "fp16" or unet.dtype == torch.float16
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        gen = torch.Generator(device=device).manual_seed(config.seed + 3)
-        losses: list[float] = []
-        ema, best, since_best, step = 0.0, math.inf, 0, 0
+        # 1. data (every VAE pass happens here, once), 2. the embedding and its optimiser
+        latents = encode_reference(pipe.vae, frames, config).to(device)
+        init = ckpt["embedding"] if ckpt else initial_embedding(pipe, frames, config, unet.config.cross_attention_dim)
+        half = config.mixed_precision == "fp16" or unet.dtype == torch.float16
+        state = InversionState.create(init, config, num_frames, device, half)
         if ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if use_scaler and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            gen.set_state(ckpt["rng"])
-            losses, step = list(ckpt["losses"]), int(ckpt["step"])
-            ema, best, since_best = ckpt["ema"], ckpt["best_ema"], ckpt["since_best"]
-        resumed_from = step
-
-        def current() -> torch.Tensor:  # (F+1, N, d); "shared" expands its single set
-            return param.expand(num_frames + 1, -1, -1) if config.sets == "shared" else param
-
-        def snapshot(**extra) -> MotionEmbedding:
-            final_loss = sum(losses[-10:]) / max(1, len(losses[-10:]))
-            meta = {**metadata, "steps_done": step, "final_loss": final_loss, **extra}
-            return MotionEmbedding(current().detach().float().cpu().clone(), meta)
-
-        def due(every: int) -> bool:  # periodic work; the last step is handled after the loop
-            return bool(every) and step % every == 0 and step < config.steps
-
-        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
-        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        fps_id = torch.full((config.batch_size,), float(config.fps - 1), device=device)
-        bucket_id = torch.full((config.batch_size,), float(config.motion_bucket_id), device=device)
-        previews: list[Path] = []
-        snapshots: dict[int, torch.Tensor] = {}
-        stopped_early = False
-        bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="inverting", unit="step")
-
+            state.load_state_dict(ckpt)
+        resumed_from = state.step
+        bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="inverting", unit="step")
         routing = install_motion_routing(unet, config.tokens, num_frames)
         try:
-            while step < config.steps:
-                # sample a clip copy, a conditioning draw, a noise level and the noise
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, config)
-                copy = torch.randint(num_copies, (config.batch_size,), generator=gen, device=device)
-                draw = torch.randint(bank_size, (config.batch_size,), generator=gen, device=device)
-                log_sigma = torch.randn(config.batch_size, generator=gen, device=device)
-                sigma = torch.exp(config.log_sigma_mean + config.log_sigma_std * log_sigma)
-                x0 = x0_bank[copy]
-                noise = torch.randn(x0.shape, generator=gen, device=device)
-                x_s = x0 + sigma.view(-1, 1, 1, 1, 1) * noise
-                cond = cond_bank[copy, draw].unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
-                time_ids = torch.stack([fps_id, bucket_id, sc_bank[copy, draw]], dim=1)
-                emb_flat = flatten_embedding(current()).expand(config.batch_size, -1, -1)
-
-                # forward, backward (to the embedding only), step
-                with autocast:
-                    denoised = denoise(unet, x_s, sigma, cond, emb_flat, time_ids)
-                loss = edm_loss(denoised, x0, sigma)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-
-                # log (the only host-device sync of a step)
-                losses.append(loss.item())
-                ema = LOSS_EMA_DECAY * ema + (1 - LOSS_EMA_DECAY) * losses[-1]
-                ema_hat = ema / (1 - LOSS_EMA_DECAY ** len(losses))  # bias-corrected
-                if ema_hat < best - config.early_stop_min_delta:
-                    best, since_best = ema_hat, 0
-                else:
-                    since_best += 1
+            while state.step < config.steps:
+                # 3. one step, 4. log (the only host-device sync of a step)
+                loss = step(unet, state, latents, config).item()
+                ema = state.log.add(loss, config.early_stop_min_delta)
+                if not state.is_finite():
+                    raise _diverged(state, config, ckpt_file)
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema_hat:.4f}", lr=f"{lr_at(step - 1, config):.2g}")
+                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr_at(state.step - 1, config) * state.lr_scale:.2g}")
 
-                # checkpoint, preview, callback, early stop
-                if ckpt_file is not None and due(config.checkpoint_every):
-                    with atomic_write(ckpt_file) as tmp:
-                        torch.save({
-                            "version": CHECKPOINT_VERSION,
-                            "step": step,
-                            "embedding": param.detach().cpu().clone(),
-                            "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict() if use_scaler else None,
-                            "rng": gen.get_state(),
-                            "losses": list(losses),
-                            "ema": ema, "best_ema": best, "since_best": since_best,
-                            "config": config.to_dict(),
-                            "reference": reference,
-                            "unet_fingerprint": fingerprint,
-                        }, tmp)
-                if preview and due(config.preview_every):
+                # 5. checkpoint, preview, snapshot, callback, early stop
+                if ckpt_file is not None and _due(state.step, config.checkpoint_every, config):
+                    save_checkpoint(ckpt_file, state, config, reference, fingerprint)
+                if preview and _due(state.step, config.preview_every, config):
                     routing.remove()  # the generation pipeline routes the embedding itself
-                    try:
-                        previews += _write_previews(pipe, snapshot(), preview_images, Path(preview_dir),
-                                                    step, config, (height, width))
-                    finally:
-                        routing = install_motion_routing(unet, config.tokens, num_frames)
-                if step in snapshot_at:
-                    snapshots[step] = current().detach().float().cpu().clone()
+                    previews += _write_previews(pipe, state.embedding(meta), preview_images, Path(preview_dir),
+                                                state.step, config, tuple(frames.shape[-2:]))
+                    routing = install_motion_routing(unet, config.tokens, num_frames)
+                if state.step in snapshot_at:
+                    snapshots[state.step] = state.sets().detach().float().cpu().clone()
                 if callback is not None:
-                    callback(step, losses[-1])
-                if config.early_stop_patience and since_best >= config.early_stop_patience:
+                    callback(state.step, loss)
+                if config.early_stop_patience and state.log.since_best >= config.early_stop_patience:
                     stopped_early = True
                     break
         finally:
             routing.remove()
             bar.close()
 
-        # 3. the result: the final file first, then drop the checkpoint
-        result = snapshot(stopped_early=stopped_early)
+        # 6. the result: the final file first, then drop the checkpoint
+        result = state.embedding({**meta, "stopped_early": stopped_early})
         if output is not None:
             result.save(output)
-            if ckpt_file.exists():
-                ckpt_file.unlink()
+            ckpt_file.unlink(missing_ok=True)
         if preview:
-            previews += _write_previews(pipe, result, preview_images, Path(preview_dir), step,
-                                        config, (height, width))
+            previews += _write_previews(pipe, result, preview_images, Path(preview_dir), state.step,
+                                        config, tuple(frames.shape[-2:]))
 
     seconds = time.perf_counter() - t_start
-    return InversionResult(result, losses, step, seconds, resumed_from, stopped_early, previews, snapshots)
+    return InversionResult(result, list(state.log.losses), state.step, seconds, resumed_from,
+                           stopped_early, previews, snapshots)
+
+
+def _checked(config: InversionConfig, frames, output, resume: bool) -> InversionConfig:
+    """Validate the settings and the reference before any work (ConfigError / InputError)."""
+    config.validate()
+    if not (isinstance(frames, torch.Tensor) and frames.ndim == 4 and frames.shape[1] == 3):
+        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise InputError(f"reference must be a (F, 3, H, W) tensor (got {got})")
+    if frames.shape[-2] % 8 or frames.shape[-1] % 8:
+        raise InputError(f"reference size {frames.shape[-2]}x{frames.shape[-1]} must be a multiple "
+                         "of 8 (resize it)")
+    if resume and output is None:
+        raise ConfigError("resume needs an output path (the checkpoint is <output>.ckpt)")
+    return config
+
+
+def _due(step: int, every: int, config: InversionConfig) -> bool:
+    """Periodic work after ``step``; the last step is handled after the loop."""
+    return bool(every) and step % every == 0 and step < config.steps
+
+
+def _embedding_metadata(pipe, frames: torch.Tensor, config: InversionConfig, reference_name: str,
+                        reference_sha256: str, extra: dict | None) -> dict:
+    """What the saved embedding records (steps_done / final_loss are added at the end)."""
+    num_frames, _, height, width = frames.shape
+    return {
+        "format_version": FORMAT_VERSION,
+        "base_model": getattr(pipe, "model_name", None) or getattr(pipe, "name_or_path", "") or "unknown",
+        "unet_fingerprint": unet_fingerprint(pipe.unet),
+        "num_frames": num_frames,
+        "tokens": config.tokens,
+        "dim": pipe.unet.config.cross_attention_dim,
+        "height": height,  # the generation size = the reference's size
+        "width": width,
+        "fps": config.fps,
+        "motion_bucket_id": config.motion_bucket_id,
+        "noise_aug_strength": config.noise_aug_strength,
+        "optimisation": config.to_dict(),
+        "seed": config.seed,
+        "reference": reference_name,
+        "reference_sha256": reference_sha256,
+        **(extra or {}),
+    }
+
+
+def _diverged(state: InversionState, config: InversionConfig, ckpt_file: Path | None) -> DivergedError:
+    kept = "nothing was saved"
+    if ckpt_file is not None and ckpt_file.exists():
+        saved = torch.load(ckpt_file, map_location="cpu", weights_only=True)["step"]
+        kept = f"the last good checkpoint (step {saved}) is kept: resume it with a lower --lr and --resume"
+    return DivergedError(
+        f"the inversion diverged at step {state.step} (loss {state.log.losses[-1]:.4g}, lr "
+        f"{lr_at(state.step - 1, config) * state.lr_scale:.3g}); {kept}; otherwise lower --lr and start again"
+    )

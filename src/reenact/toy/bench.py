@@ -4,20 +4,9 @@
 reference clips from ``SEED_RANGES["bench"]`` (never seen in training), covering every motion of
 ``world.MOTIONS`` round-robin, each with a few target stills whose object colour differs from the
 reference's. For each configuration the reference is inverted once and its targets animated in
-one batched pipeline call; every generated video is then scored against ground truth by tracking
-the target's object (``world.track`` with the *target's* colours):
-
-* **trajectory cosine**: cosine between the reference's true displacement sequence (frames
-  1..F-1, image units, flattened) and the result's tracked one -- does the object move the same
-  way, frame by frame (the toy stand-in for the paper's SSv2 feature cosine);
-* **direction accuracy**: at the frame k* where the reference is displaced most, the result's
-  displacement is within 45 degrees of the reference's;
-* **magnitude ratio**: |result disp(k*)| / |reference disp(k*)| (median over videos);
-* **first-frame PSNR**: the result's frame 0 against the target image (pixels in [0, 1]) -- is the
-  target's appearance kept (the paper's first-frame CLIP similarity);
-* **no leak**: in every frame the result's object colour (mean of the pixels far from the target's
-  background) is closer to the target's object colour than to the reference's -- the reference's
-  appearance did not leak into the motion embedding.
+one batched pipeline call; every generated video is then scored against ground truth by
+:mod:`reenact.toy.metrics` (trajectory cosine, direction accuracy, magnitude ratio, first-frame
+PSNR, no leak), tracking the target's object with the *target's* colours.
 
 Configurations (``--configs``; the paper's F' x N ablation plus the stock model and an oracle):
 ``a`` stock image-to-video (no motion embedding: the model's CLIP embedding of the target),
@@ -33,6 +22,7 @@ generation noise, so configurations differ only in the embedding.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -53,19 +43,16 @@ from reenact import video as vio
 from reenact.embedding import MotionEmbedding
 from reenact.errors import ConfigError
 from reenact.files import atomic_write
-from reenact.metrics import psnr
-from reenact.inversion import _INITS, _SCHEDULES, InversionConfig, invert
+from reenact.inversion import INITS, SCHEDULES, InversionConfig, invert
+from reenact.pipeline import GenerationConfig
+from reenact.settings import describe
 from reenact.toy import world
+from reenact.toy.metrics import MIN_COLOR_DISTANCE, color_distance, score_video
 
 __all__ = [
     "CONFIGS",
     "pick_references",
     "pick_targets",
-    "trajectory",
-    "motion_metrics",
-    "first_frame_psnr",
-    "leak_free",
-    "score_video",
     "oracle_embedding",
     "generate",
     "summarise",
@@ -93,25 +80,15 @@ CONFIGS: dict[str, ConfigSpec] = {
 }
 DEFAULT_CONFIGS = "a,b,c,d,e"
 
-#: a target's object colour must be at least this far (RGB, [-1, 1] units) from the reference's,
-#: so that leakage of the reference's appearance is visible and measurable
-MIN_COLOR_DISTANCE = 0.5
-#: direction accuracy: angle at the reference's largest displacement within this many degrees
-DIRECTION_TOLERANCE_DEG = 45.0
 #: offsets inside the bench seed range: references at +i, targets of reference i at
 #: +TARGET_OFFSET + i*TARGET_STRIDE + k (k counts skipped seeds too)
 TARGET_OFFSET, TARGET_STRIDE = 100_000, 100
 UPSCALE = 8  # 16x16 frames are unreadable at their own size
-_EPS = 1e-9
 
 
 # --------------------------------------------------------------------------------------------
 # the fixed benchmark set
 # --------------------------------------------------------------------------------------------
-
-def color_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
-
 
 def pick_references(count: int, seed_range: str = "bench") -> list[world.Clip]:
     """``count`` reference clips, seed ``lo + i``, motion ``MOTIONS[i % 5]`` (round-robin)."""
@@ -139,82 +116,6 @@ def pick_targets(reference: world.Clip, index: int, count: int,
                 return targets
     raise ConfigError(f"could not find {count} targets for reference {index} within "
                       f"{TARGET_STRIDE} seeds; ask for fewer --targets")
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------
-
-def trajectory(video: torch.Tensor, object_color: np.ndarray, background_color: np.ndarray) -> np.ndarray:
-    """Tracked displacement of the object from frame 0, ``(F, 2)`` in image units."""
-    centres, _ = world.track(video, object_color, background_color)
-    h, w = video.shape[-2:]
-    return (centres - centres[:1]) / np.array([w, h], dtype=np.float64)
-
-
-def motion_metrics(ref_disp: np.ndarray, res_disp: np.ndarray) -> dict:
-    """Trajectory cosine, direction check and magnitude ratio of two ``(F, 2)`` displacements.
-
-    A result that does not move at all gets cosine 0 and angle 180 (it has no direction).
-    """
-    a, b = ref_disp[1:].ravel(), res_disp[1:].ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    cosine = float(a @ b / (na * nb)) if na > _EPS and nb > _EPS else 0.0
-    k = 1 + int(np.argmax(np.linalg.norm(ref_disp[1:], axis=1)))
-    r, g = ref_disp[k], res_disp[k]
-    nr, ng = np.linalg.norm(r), np.linalg.norm(g)
-    if nr > _EPS and ng > _EPS:
-        angle = math.degrees(math.acos(float(np.clip(r @ g / (nr * ng), -1.0, 1.0))))
-    else:
-        angle = 180.0
-    return {
-        "trajectory_cosine": cosine,
-        "peak_frame": k,
-        "angle_deg": angle,
-        "direction_ok": angle <= DIRECTION_TOLERANCE_DEG,
-        "magnitude_ratio": float(ng / nr) if nr > _EPS else float("nan"),
-    }
-
-
-def first_frame_psnr(result: torch.Tensor, image: torch.Tensor) -> float:
-    """PSNR (dB) of the result's frame 0 to the target image, both in [-1, 1], measured on [0, 1]."""
-    return psnr(result[0], image)
-
-
-def leak_free(result: torch.Tensor, target: world.Clip, reference_color: np.ndarray) -> tuple[bool, int]:
-    """No appearance leakage: in every frame the object's colour is the target's, not the reference's.
-
-    The object's pixels are those farther from the target's background colour than half the
-    target's object-background distance; their mean colour must be closer to the target's object
-    colour than to the reference's. A frame without such pixels (the object vanished) fails.
-    Returns ``(ok, number of failing frames)``.
-    """
-    v = result.detach().float().cpu()
-    bg = torch.as_tensor(target.background_color, dtype=torch.float32)[:, None, None]
-    obj = torch.as_tensor(target.object_color, dtype=torch.float32)
-    ref = torch.as_tensor(reference_color, dtype=torch.float32)
-    threshold = 0.5 * float(torch.linalg.norm(obj - bg[:, 0, 0]))
-    failing = 0
-    for frame in v:
-        mask = torch.linalg.norm(frame - bg, dim=0) > threshold
-        if not bool(mask.any()):
-            failing += 1
-            continue
-        colour = frame[:, mask].mean(1)
-        if not torch.linalg.norm(colour - obj) < torch.linalg.norm(colour - ref):
-            failing += 1
-    return failing == 0, failing
-
-
-def score_video(result: torch.Tensor, reference: world.Clip, target: world.Clip,
-                target_image: torch.Tensor) -> dict:
-    """All metrics of one generated video ``(F, 3, H, W)`` in [-1, 1]."""
-    res_disp = trajectory(result, target.object_color, target.background_color)
-    out = motion_metrics(reference.displacements, res_disp)
-    ok, failing = leak_free(result, target, reference.object_color)
-    out.update(first_frame_psnr=first_frame_psnr(result, target_image), no_leak=ok,
-               leak_frames=failing, result_displacements=np.round(res_disp, 5).tolist())
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,26 +156,16 @@ def oracle_embedding(model: str, reference: world.Clip) -> MotionEmbedding:
 
 
 def generate(pipe, images: Sequence[Image.Image], embedding: MotionEmbedding | None, *,
-             num_frames: int, steps: int, seed: int) -> torch.Tensor:
-    """Animate ``images`` in ONE batched pipeline call; ``(B, F, 3, H, W)`` in [-1, 1] on the CPU.
+             steps: int, seed: int) -> torch.Tensor:
+    """Animate ``images`` (all of one size) in ONE batched call: ``(B, F, 3, H, W)`` in [-1, 1].
 
     ``embedding=None`` is the stock image-to-video pipeline (the model's CLIP embedding of each
-    image). Every image gets its own generator seeded ``seed``, so a video does not depend on what
-    else is in its batch and configurations compared on one reference share their noise.
+    image). Every image gets its own generator seeded ``seed`` (``MotionTransferPipeline.animate``),
+    so configurations compared on one reference share their noise.
     """
-    h, w = images[0].height, images[0].width
-    frames = pipe(
-        list(images),
-        motion_embedding=embedding,
-        num_frames=num_frames,
-        height=h,
-        width=w,
-        num_inference_steps=steps,
-        generator=[torch.Generator().manual_seed(seed) for _ in images],
-        output_type="pt",
-        decode_chunk_size=num_frames,
-    ).frames
-    return frames.float().cpu() * 2 - 1
+    size = (images[0].height, images[0].width)
+    config = GenerationConfig(steps=steps, seed=seed).resolve(embedding, size)
+    return pipe.animate(images, embedding, config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,23 +174,18 @@ def generate(pipe, images: Sequence[Image.Image], embedding: MotionEmbedding | N
 
 @dataclass
 class BenchSettings:
+    """What a run varies: the configurations, the base inversion settings (a plain
+    :class:`InversionConfig`, so its defaults are the library's), the generation steps."""
+
     configs: list[str]
-    steps: int
+    inversion: InversionConfig
     gen_steps: int
     seed: int = 0
-    lr: float = InversionConfig.lr
-    log_sigma_mean: float = InversionConfig.log_sigma_mean
-    log_sigma_std: float = InversionConfig.log_sigma_std
-    init: str = InversionConfig.init
-    lr_schedule: str = InversionConfig.lr_schedule
     model: str = models.TOY_MODEL
     keep_videos_for: int = 3  # references whose videos are kept (for the example images)
 
     def inversion_config(self, spec: ConfigSpec, seed: int) -> InversionConfig:
-        return InversionConfig(sets=spec.sets, tokens=spec.tokens, steps=self.steps, seed=seed,
-                               lr=self.lr, log_sigma_mean=self.log_sigma_mean,
-                               log_sigma_std=self.log_sigma_std, init=self.init,
-                               lr_schedule=self.lr_schedule)
+        return dataclasses.replace(self.inversion, sets=spec.sets, tokens=spec.tokens, seed=seed)
 
 
 @dataclass
@@ -314,7 +200,6 @@ def run_benchmark(pipe, references: list[world.Clip], targets: list[list[world.C
                   after_reference: Callable[[BenchRun], None] | None = None) -> BenchRun:
     """Invert every reference once per configuration, animate its targets, score every video."""
     run = BenchRun()
-    num_frames = references[0].video.shape[0]
     t0 = time.perf_counter()
     for i, (ref, tgts) in enumerate(zip(references, targets)):
         seed = settings.seed + i  # inversion and generation seed, shared by all configs of ref i
@@ -334,7 +219,7 @@ def run_benchmark(pipe, references: list[world.Clip], targets: list[list[world.C
                 run.inversions.append({"ref": i, "config": key, "seconds": inv_s,
                                        "steps": result.steps_done, "final_loss": loss})
             tg = time.perf_counter()
-            videos = generate(pipe, images, emb, num_frames=num_frames, steps=settings.gen_steps, seed=seed)
+            videos = generate(pipe, images, emb, steps=settings.gen_steps, seed=seed)
             gen_s = time.perf_counter() - tg
             scores = []
             for j, (tgt, vid, img) in enumerate(zip(tgts, videos, image_tensors)):
@@ -490,6 +375,10 @@ def machine_info() -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     d = InversionConfig()
+
+    def about(name: str) -> str:  # the library's own help sentence for an inversion setting
+        return describe(InversionConfig, name)["help"].replace("%", "%%")
+
     p = argparse.ArgumentParser(
         prog="reenact bench toy", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Motion-transfer benchmark on the toy world (the paper's F' x N ablation): "
@@ -500,16 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=int, default=3, help="target images per reference")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="comma-separated: " + "; ".join(f"{k}: {v.description}" for k, v in CONFIGS.items()))
-    p.add_argument("--steps", type=int, default=d.steps, help="inversion steps (InversionConfig default)")
+    p.add_argument("--steps", type=int, default=d.steps, help="inversion " + about("steps"))
     p.add_argument("--gen-steps", type=int, default=25, help="Euler denoising steps (SVD default)")
-    p.add_argument("--lr", type=float, default=d.lr, help="inversion learning rate")
-    p.add_argument("--lr-schedule", choices=_SCHEDULES, default=d.lr_schedule,
+    p.add_argument("--lr", type=float, default=d.lr, help="inversion " + about("lr"))
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
                    help="inversion learning-rate schedule")
     p.add_argument("--log-sigma-mean", type=float, default=d.log_sigma_mean,
                    help="mean of ln sigma of the inversion's noise levels")
     p.add_argument("--log-sigma-std", type=float, default=d.log_sigma_std,
                    help="std of ln sigma of the inversion's noise levels")
-    p.add_argument("--init", choices=_INITS, default=d.init, help="embedding initialisation")
+    p.add_argument("--init", choices=INITS, default=d.init, help="embedding initialisation")
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
@@ -548,11 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     vio.check_writable_dir(args.out)
     dtype = torch.float32
     pipe = models.load_pipeline(args.model, args.device, dtype)
-    settings = BenchSettings(configs=configs, steps=args.steps, gen_steps=args.gen_steps, seed=args.seed,
-                             lr=args.lr, log_sigma_mean=args.log_sigma_mean,
-                             log_sigma_std=args.log_sigma_std, init=args.init,
-                             lr_schedule=args.lr_schedule, model=args.model,
-                             keep_videos_for=min(args.examples, args.refs))
+    base = dataclasses.replace(InversionConfig(), steps=args.steps, lr=args.lr,
+                               log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std,
+                               init=args.init, lr_schedule=args.lr_schedule)
+    settings = BenchSettings(configs=configs, inversion=base, gen_steps=args.gen_steps, seed=args.seed,
+                             model=args.model, keep_videos_for=min(args.examples, args.refs))
     info = machine_info()
     header = {
         "command": command,

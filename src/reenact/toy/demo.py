@@ -5,7 +5,7 @@ is inverted into a motion embedding with the default :class:`~reenact.inversion.
 three target stills that differ from it and from each other in shape, colour, background and
 position are animated with it, and -- as the baseline -- with no embedding (the stock
 image-to-video model). Both are scored by the benchmark's trajectory cosine against the
-reference's true motion (:mod:`reenact.toy.bench`).
+reference's true motion (:mod:`reenact.toy.metrics`).
 
 Everything the demo writes is 16x16 toy footage shown **upscaled x8 with nearest-neighbour
 sampling** (128x128 per video), so what you see is exactly the model's pixels:
@@ -31,7 +31,8 @@ from reenact import models
 from reenact import video as vio
 from reenact.files import atomic_write
 from reenact.inversion import InversionConfig, invert
-from reenact.toy import bench, world
+from reenact.pipeline import GenerationConfig
+from reenact.toy import bench, metrics, world
 
 __all__ = ["run_demo", "pick_demo_clips"]
 
@@ -39,7 +40,7 @@ UPSCALE = bench.UPSCALE
 FPS = 4  # 8 frames: slow enough to follow the turn
 NUM_TARGETS = 3
 DEMO_MOTIONS = ("turn", "arc")  # composite motions: one direction per frame would not do
-_COLORS_DIFFER = 0.5  # RGB distance that counts as "another colour" (bench.MIN_COLOR_DISTANCE)
+_COLORS_DIFFER = metrics.MIN_COLOR_DISTANCE  # RGB distance that counts as "another colour"
 
 
 def pick_demo_clips(seed: int = 0) -> tuple[world.Clip, list[world.Clip]]:
@@ -57,8 +58,8 @@ def pick_demo_clips(seed: int = 0) -> tuple[world.Clip, list[world.Clip]]:
         t = world.make_target(s)
         others = [reference, *targets]
         if (all(t.shape != o.shape for o in others)
-                and all(bench.color_distance(t.object_color, o.object_color) >= _COLORS_DIFFER for o in others)
-                and all(bench.color_distance(t.background_color, o.background_color) >= _COLORS_DIFFER
+                and all(metrics.color_distance(t.object_color, o.object_color) >= _COLORS_DIFFER for o in others)
+                and all(metrics.color_distance(t.background_color, o.background_color) >= _COLORS_DIFFER
                         for o in targets)):
             targets.append(t)
             if len(targets) == NUM_TARGETS:
@@ -99,13 +100,13 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
 
     images = [vio.tensor_to_images(t.video[0])[0] for t in targets]
     image_tensors = [vio.image_to_tensor(im) for im in images]
-    videos = bench.generate(pipe, images, result.embedding, num_frames=num_frames,
-                            steps=25, seed=seed)
-    baseline = bench.generate(pipe, images, None, num_frames=num_frames, steps=25, seed=seed)
+    steps_gen = GenerationConfig().steps  # SVD's 25
+    videos = bench.generate(pipe, images, result.embedding, steps=steps_gen, seed=seed)
+    baseline = bench.generate(pipe, images, None, steps=steps_gen, seed=seed)
     t_generated = time.perf_counter()
 
-    scores = [bench.score_video(v, reference, t, img) for v, t, img in zip(videos, targets, image_tensors)]
-    base_scores = [bench.score_video(v, reference, t, img) for v, t, img in zip(baseline, targets, image_tensors)]
+    scores = [metrics.score_video(v, reference, t, img) for v, t, img in zip(videos, targets, image_tensors)]
+    base_scores = [metrics.score_video(v, reference, t, img) for v, t, img in zip(baseline, targets, image_tensors)]
     score = float(np.mean([s["trajectory_cosine"] for s in scores]))
     base = float(np.mean([s["trajectory_cosine"] for s in base_scores]))
 

@@ -7,7 +7,7 @@ object's true centre per frame, its mask, and its colours, so a generated video 
 
 Objects are large (a quarter to a half of the frame side) because a probe found that a small
 object on a plain background leaves the motion a residual the model can average away
-(shared/TOY_NOTES.md). Frames are rendered with 4x supersampling so sub-pixel motion is smooth.
+(docs/METHOD.md, "The toy model"). Frames are rendered with 4x supersampling so sub-pixel motion is smooth.
 
 All randomness flows through a ``numpy.random.Generator`` so a clip is a pure function of its
 seed; the benchmark's seeds are disjoint from training's by construction (see ``SEED_RANGES``).

@@ -1,0 +1,92 @@
+"""Per-model defaults: which :class:`~reenact.inversion.InversionConfig` values a model gets.
+
+:class:`InversionConfig`'s own defaults were *measured* on the bundled toy model
+(benchmarks/convergence.py, docs/PERFORMANCE.md); they are the ``toy`` profile, used for the toy
+and for any model that is neither the toy nor in the SVD family. The ``svd`` profile (Stability's
+img2vid / img2vid-xt checkpoints and any folder with SVD's UNet layout) replaces some of them
+with values from the paper and public figures. **None of the svd values was measured here**: this
+project has neither SVD's weights nor a GPU in its test environment; each says its source.
+
+A profile is the single home of a model's defaults: the CLI help, ``reenact info``, the README
+and the embedding's metadata (``profile``) all read it; every value stays overridable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from . import models
+from .inversion import InversionConfig
+
+__all__ = ["Override", "Profile", "PROFILES", "TOY", "SVD", "profile_for", "inversion_config"]
+
+
+@dataclass(frozen=True)
+class Override:
+    """One value of a profile that differs from InversionConfig's default, with its source."""
+
+    value: object
+    source: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of :class:`Override` s of :class:`InversionConfig`'s defaults."""
+
+    name: str
+    description: str
+    overrides: dict[str, Override] = field(default_factory=dict)
+
+    def config(self, **changes) -> InversionConfig:
+        """InversionConfig with this profile's values, then ``changes`` (the user's) on top."""
+        base = {k: o.value for k, o in self.overrides.items()}
+        return dataclasses.replace(InversionConfig(), **{**base, **changes})
+
+
+TOY = Profile(
+    "toy",
+    "measured on the bundled toy model (benchmarks/convergence.py; docs/PERFORMANCE.md); also "
+    "used for models outside the SVD family",
+)
+
+SVD = Profile(
+    "svd",
+    "Stable Video Diffusion family: from the paper and public figures, NOT measured here (no SVD "
+    "weights or GPU in this project's test environment); see docs/METHOD.md",
+    {
+        "steps": Override(1000, "paper: snapshots at 200, 500, 1000 and 2000 steps; 1000 is "
+                                "inside that range (about an hour per motion on an A100)"),
+        "lr": Override(1e-2, "with --lr-relative: 1e-2 x the initial embedding's RMS; the toy's "
+                             "best 5e-2 reaches its plateau in ~60 steps, 1e-2 in ~480 (8x): "
+                             "well inside 1000 steps and gentler on a 1.5 B-parameter model"),
+        "lr_relative": Override(True, "Adam's step is absolute per element, so the lr is scaled "
+                                      "to the scale of SVD's CLIP embeddings (the toy's are ~1)"),
+        "log_sigma_mean": Override(2.8, "public reimplementation on SVD: ln s ~ N(2.8, 1.6^2), "
+                                        "the high noise levels where motion is decided"),
+        "num_augmentations": Override(4, "paper: augmentations against appearance leakage (kind "
+                                         "open); 4 augmented copies beside the original"),
+        "flip_prob": Override(0.25, "horizontal flip, one candidate named for the paper's "
+                                    "augmentations; it mirrors the motion too, so kept rare "
+                                    "(--flip-prob 0 for direction-specific motions)"),
+        "crop_scale": Override(0.8, "random crop of 80-100% of the side, the other candidate "
+                                    "(random crops/rescales)"),
+        "gradient_checkpointing": Override(True, "14x576x1024 fp16: peak 54.7 -> 11.0 GB by the "
+                                                 "memory benchmark (docs/PERFORMANCE.md): fits "
+                                                 "a 12-24 GB card"),
+        "checkpoint_every": Override(100, "a step costs seconds on SVD: lose at most ~100"),
+    },
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (TOY, SVD)}
+
+
+def profile_for(model) -> Profile:
+    """The profile of ``model`` (a name or a loaded pipeline): ``svd`` for the SVD family, else
+    ``toy`` (see module docs)."""
+    return SVD if models.is_svd_family(model) else TOY
+
+
+def inversion_config(model: str, **changes) -> InversionConfig:
+    """The effective settings for ``model``: its profile's, with ``changes`` on top."""
+    return profile_for(model).config(**changes)
