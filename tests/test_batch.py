@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reenact import batch, cli, video
+from reenact import batch, cli, models, video
 from reenact.embedding import MotionEmbedding
 from reenact.toy import world
 
@@ -54,7 +54,7 @@ def ray_local():
 def inputs(tmp_path_factory) -> Path:
     """Two toy reference clips and a file that is not a video; three targets and a bad png."""
     root = tmp_path_factory.mktemp("batch_inputs")
-    frames, height, width = cli._model_geometry("toy")
+    frames, height, width = models.native_geometry("toy")
     (root / "clips").mkdir()
     (root / "images").mkdir()
     lo = world.SEED_RANGES["demo"][0]
@@ -98,7 +98,7 @@ def first_run(ray_local, inputs, tmp_path_factory):
 
 def test_good_cells_exist_and_decode_bad_ones_are_reported_nothing_partial(first_run):
     out, summary = first_run
-    frames, height, width = cli._model_geometry("toy")
+    frames, height, width = models.native_geometry("toy")
     good = {(m, t) for m in GOOD_MOTIONS for t in GOOD_TARGETS}
     assert _by_status(summary, "invert", "done") == {(m, None) for m in GOOD_MOTIONS}
     assert _by_status(summary, "animate", "done") == good

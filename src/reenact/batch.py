@@ -57,7 +57,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import yaml
@@ -99,31 +98,17 @@ _NOT_IN_KEY = frozenset({"checkpoint_every", "preview_every", "preview_steps", "
 # generation settings: read from the CLI, where they are decided (until the library owns them)
 # --------------------------------------------------------------------------------------------
 
-def _cli():
-    """The CLI module, whose defaults and generation helpers the batch shares (imported late:
-    it imports torch and diffusers, which a plan check does not need)."""
-    from reenact import cli
-
-    return cli
-
-
 def _animate_defaults() -> dict[str, object]:
-    """``animate:`` settings and their defaults: those of ``reenact animate``."""
-    cli = _cli()
-    return {
-        "steps": cli._SVD["num_inference_steps"],
-        "min_guidance": cli._SVD["min_guidance_scale"],
-        "max_guidance": cli._SVD["max_guidance_scale"],
-        "fps": None,  # None: the embedding's, else SVD's (cli._generation)
-        "motion_bucket_id": None,
-        "noise_aug_strength": None,
-        "decode_chunk_size": cli._DECODE_CHUNK,
-        "height": None,
-        "width": None,
-        "batch_size": cli._ANIMATE_BATCH,
-        "format": "mp4",
-        "seed": None,  # None: defaults.seed
-    }
+    """``animate:`` settings and their defaults: those of ``reenact animate``
+    (:class:`reenact.pipeline.GenerationConfig`; imported late: a plan check needs no torch)."""
+    from dataclasses import fields
+
+    from reenact import api
+    from reenact.pipeline import GenerationConfig
+
+    gen = {f.name: f.default for f in fields(GenerationConfig) if f.name != "seed"}
+    # None (fps, bucket, noise_aug, size): the embedding's, else SVD's (GenerationConfig.resolve)
+    return {**gen, "batch_size": api.OTHER_BATCH, "format": "mp4", "seed": None}  # seed None: defaults.seed
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +399,9 @@ def load_plan(path: str | os.PathLike, check_model: bool = True) -> Plan:
         model = DEFAULT_MODEL
     elif check_model:
         try:
-            _cli()._model_geometry(model)
+            from reenact.models import native_geometry
+
+            native_geometry(model)
         except ReenactError as e:
             problems.add("defaults.model", str(e))
     dtype = defaults.get("dtype")
@@ -682,15 +669,14 @@ class Worker:
     def __init__(self, model: str, device: str, dtype: str | None, threads: int | None = None):
         import torch
 
-        cli = _cli()
+        from reenact import api, models
+
         if threads:
             torch.set_num_threads(threads)
-        args = SimpleNamespace(model=model, device=device, dtype=dtype, vae_dtype=None,
-                               attention=InversionConfig().attention, compile=False)
         self.model = model
-        self.device, torch_dtype = cli._device_and_dtype(args)
-        self.pipe = cli._load_model(args, self.device, torch_dtype, progress=False, generation=True)
-        self.num_frames, self.height, self.width = cli._model_geometry(model)
+        self.pipe = api.load_model(model, device, dtype, attention=InversionConfig().attention)
+        self.device = self.pipe.unet.device
+        self.num_frames, self.height, self.width = models.native_geometry(model)
         where = socket.gethostname()
         if self.device.type == "cuda":
             self.label = f"{torch.cuda.get_device_name(self.device)} @ {where}"
@@ -741,10 +727,10 @@ class Worker:
         """One batched pipeline call for the job's targets; a bad image fails only its cell."""
         import torch  # noqa: F401  (the generators)
 
-        from reenact import embedding
+        from reenact import api, embedding
         from reenact.embedding import MotionEmbedding
+        from reenact.pipeline import GenerationConfig
 
-        cli = _cli()
         m, out = job.motion, job.out
         t0 = time.perf_counter()
         records: list[dict | None] = [None] * len(job.targets)
@@ -755,11 +741,12 @@ class Worker:
                                  _result_files(m, t, out)[0], out, "failed",
                                  time.perf_counter() - t0, self.label, error)
 
-        settings = SimpleNamespace(model=self.model, **m.animate)
+        settings = GenerationConfig(**{k: v for k, v in m.animate.items()
+                                       if k not in ("batch_size", "format")})
         try:
             emb = MotionEmbedding.load(job.embedding)
             embedding.check_compatible(emb, self.pipe.unet, self.model, self.num_frames)
-            gen = cli._generation(settings, emb)
+            gen = api.generation_config(emb, self.pipe, settings)
         except Exception as e:
             for i in range(len(job.targets)):
                 fail(i, _one_line(e))
@@ -773,7 +760,7 @@ class Worker:
                 fail(i, _one_line(e))
         if ok:
             try:
-                videos = cli._generate(self.pipe, emb, images, gen, settings)
+                videos = self.pipe.animate(images, emb, gen)
                 seconds = (time.perf_counter() - t0) / len(ok)
                 for i, frames in zip(ok, videos):
                     t = job.targets[i]
