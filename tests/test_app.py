@@ -17,14 +17,14 @@ import torch
 from reenact import cli, models, video
 from reenact.embedding import MotionEmbedding
 from reenact.errors import ConfigError, EmbeddingError, InputError
-from reenact.studio import Generation, Stopped, Studio
+from reenact.studio import Stopped, Studio, generation
 from reenact.toy import world
 
 gr = pytest.importorskip("gradio")
 from reenact import app  # noqa: E402  (needs gradio)
 
 FEW = 3  # inversion steps: these tests check plumbing, not quality
-GEN = Generation(steps=2)
+GEN = generation(steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +68,19 @@ def test_the_geometry_is_the_loaded_models(studio):
     config = studio.pipe.unet.config
     assert studio.num_frames == config.num_frames
     assert studio.height == studio.width == config.sample_size * studio.pipe.vae_scale_factor
+    assert studio.defaults.steps == studio.config(studio.defaults.steps, 5, 0).steps
 
 
 def test_preview_is_exactly_what_the_inversion_gets(studio, clip_file):
     h = app.Handlers(studio)
     views, info = h.preview(str(clip_file), 2, 12, 2)
     expected = video.load_video(clip_file, studio.num_frames, studio.height, studio.width, 2, 12, 2)
-    assert torch.equal(studio.reference(clip_file, 2, 12, 2), expected)
+    assert torch.equal(studio.reference(clip_file, 2, 12, 2).frames, expected)
     assert len(views) == studio.num_frames
     assert views[0][0].size == (studio.width * studio.view_factor, studio.height * studio.view_factor)
     assert f"{studio.num_frames} frames at {studio.height}x{studio.width}" in info
     # another trim, other frames
-    assert not torch.equal(studio.reference(clip_file, 0, None, 1), expected)
+    assert not torch.equal(studio.reference(clip_file, 0, None, 1).frames, expected)
 
 
 @pytest.mark.parametrize("kind", ["text renamed .mp4", "one-frame clip"])
@@ -225,11 +226,11 @@ def test_animate_writes_mp4_gif_and_a_comparison_of_f_frames(studio, learned, ta
     assert Path(compare).parent.parent == studio.outputs
 
 
-def test_the_knobs_default_to_the_motions_then_svds(studio, learned):
-    settings = studio._settings(learned.embedding, Generation().validated())
-    assert settings["fps"] == learned.embedding.metadata["fps"]
-    assert settings["height"] == studio.height and settings["num_frames"] == studio.num_frames
-    assert studio._settings(learned.embedding, Generation(fps="3").validated())["fps"] == 3
+def test_the_knobs_default_to_the_motions_then_svds(studio, learned, target):
+    used = studio.animate("line", [target], generation(steps=2)).settings
+    assert used.fps == learned.embedding.metadata["fps"]
+    assert (used.height, used.width) == (studio.height, studio.width)
+    assert studio.animate("line", [target], generation(steps=2, fps="3")).settings.fps == 3
 
 
 def test_a_corrupt_image_fails_before_any_compute_and_writes_nothing(studio, learned, target,
@@ -256,9 +257,9 @@ def test_animate_only_takes_library_names(studio, learned, target, name, error):
 
 def test_bad_knobs_are_named(studio, learned, target):
     with pytest.raises(ConfigError, match="steps must be >= 1"):
-        studio.animate("line", [target], Generation(steps=0))
+        studio.animate("line", [target], generation(steps=0))
     with pytest.raises(ConfigError, match="fps must be a whole number"):
-        studio.animate("line", [target], Generation(fps="fast"))
+        studio.animate("line", [target], generation(fps="fast"))
     with pytest.raises(InputError, match="at most"):
         studio.animate("line", [target] * 9, GEN)
 

@@ -65,9 +65,7 @@ def _free_port() -> int:
 def _model_geometry() -> tuple[int, int, int]:
     """``(F, H, W)`` of the bundled toy model as the app reads it (never hard-coded: the toy
     model is replaced from time to time)."""
-    from reenact.studio import _geometry
-
-    return _geometry(models.load_pipeline("toy", "cpu"))
+    return models.native_geometry(models.TOY_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,15 @@ import pandas as pd  # noqa: E402  (gradio's plots take DataFrames)
 
 from reenact import embedding, inversion, models, video  # noqa: E402
 from reenact.errors import ConfigError, EmbeddingError, ReenactError  # noqa: E402
-from reenact.inversion import InversionConfig  # noqa: E402
+from reenact.pipeline import GenerationConfig  # noqa: E402
 from reenact.studio import (  # noqa: E402
-    _SVD,
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_SHARE_DIR,
     MAX_TARGETS,
     MAX_VIDEO_BYTES,
     ROW_HEADERS,
-    Generation,
+    generation,
     Stopped,
     Studio,
     check_name,
@@ -95,18 +94,18 @@ class Handlers:
         if not path:  # cleared
             return None, ""
         try:
-            frames, info = self.studio.reference_info(path, start, end, stride)
+            ref = self.studio.reference(path, start, end, stride)
         except ReenactError as e:
             return None, error_html(message(e, path))
-        times = info.timestamps or [None] * len(info.source_indices)
-        views = [(im, f"src {j}" + ("" if t is None else f" @ {t:.2f}s"))
-                 for i, (im, j, t) in enumerate(zip(self.studio.view(frames),
-                                                    info.source_indices, times))]
-        notes = "".join(f"\n\nNote: {message_text(n, path)}" for n in info.notes)
+        frames, clip = ref.frames, ref.source.get("source", {})
+        indices = clip.get("source_indices") or [None] * frames.shape[0]
+        times = clip.get("timestamps") or [None] * frames.shape[0]
+        views = [(im, ("" if j is None else f"src {j}") + ("" if t is None else f" @ {t:.2f}s"))
+                 for im, j, t in zip(self.studio.view(frames), indices, times)]
+        notes = " ".join(message_text(n, path) for n in ref.notes)
         return views, (f"The model will learn from these **{frames.shape[0]} frames at "
                        f"{frames.shape[2]}x{frames.shape[3]}** (shown enlarged "
-                       f"x{self.studio.view_factor}). {message_text(info.describe(), path)}."
-                       + notes)
+                       f"x{self.studio.view_factor}). {notes}")
 
     @staticmethod
     def loss_frame(losses: list[tuple[int, float]]) -> pd.DataFrame:
@@ -223,12 +222,11 @@ class Handlers:
         return (f"Added **{motion.name}** to the library.", *self.refresh(motion.name))
 
     def reconstruct(self, name, reference, steps, min_g, max_g, seed, fps, bucket, aug, chunk,
-                    progress=gr.Progress()):
+                    progress=gr.Progress(track_tqdm=True)):
         """Outputs: reference | reconstruction video, the PSNR report."""
         try:
             result = self.studio.reconstruct(
-                name, Generation(steps, min_g, max_g, seed, fps, bucket, aug, chunk), reference,
-                on_step=lambda k, n: progress((k, n), desc="denoising", unit="steps"))
+                name, generation(steps, min_g, max_g, seed, fps, bucket, aug, chunk), reference)
         except ReenactError as e:
             return None, error_html(message(e, reference))
         return str(result.compare), "Left: the reference; right: its reconstruction.\n\n" + result.report
@@ -236,29 +234,30 @@ class Handlers:
     # -- Animate ----------------------------------------------------------------------------------
 
     def animate(self, name, images, steps, min_g, max_g, seed, fps, bucket, aug, chunk,
-                progress=gr.Progress()):
-        """Outputs: reference | results video, the downloads, status."""
+                progress=gr.Progress(track_tqdm=True)):
+        """Outputs: reference | results video, the downloads, status (progress: the pipeline's
+        denoising bar, tracked by gradio)."""
         images = [getattr(i, "name", i) for i in (images or [])]
         try:
             result = self.studio.animate(
-                name, images, Generation(steps, min_g, max_g, seed, fps, bucket, aug, chunk),
-                on_step=lambda k, n: progress((k, n), desc="denoising", unit="steps"))
+                name, images, generation(steps, min_g, max_g, seed, fps, bucket, aug, chunk))
         except ReenactError as e:
             return None, None, error_html(message(e, images))
-        s = result.settings
+        g = result.settings
         what = "the reference, then " if result.with_reference else ""
         return (str(result.compare), [str(f) for f in result.files],
                 f"{len(images)} video(s): {what}the results, left to right (enlarged "
                 f"x{self.studio.view_factor}; the downloads are at the model's "
-                f"{s['height']}x{s['width']}), fps {s['fps']}, motion bucket "
-                f"{s['motion_bucket_id']}, seed {result.seed}.")
+                f"{g.height}x{g.width}), fps {g.fps}, motion bucket {g.motion_bucket_id}, "
+                f"seed {g.seed}.")
 
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The page over ``studio``: three tabs; long jobs share one queue slot ("model")."""
     h = Handlers(studio)
     examples = studio.examples()
-    d = InversionConfig()
+    d = studio.defaults  # the loaded model's profile
+    gen_d = GenerationConfig()  # SVD's generation defaults
     with gr.Blocks(title="reenact", analytics_enabled=False) as app:
         gr.Markdown("# reenact: motion transfer\nLearn a motion once from a reference video, "
                     f"then animate any number of images with it. {studio.summary}.")
@@ -345,12 +344,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                                           file_count="multiple", elem_id="targets",
                                           file_types=sorted(video.IMAGE_SUFFIXES))
                         with gr.Row():
-                            g_steps = gr.Number(_SVD["num_inference_steps"], label="steps",
+                            g_steps = gr.Number(gen_d.steps, label="steps",
                                                 precision=0, minimum=1, elem_id="animate-steps")
-                            g_seed = gr.Number(0, label="seed", precision=0, minimum=0)
+                            g_seed = gr.Number(gen_d.seed, label="seed", precision=0, minimum=0)
                         with gr.Row():
-                            g_min = gr.Number(_SVD["min_guidance_scale"], label="guidance min")
-                            g_max = gr.Number(_SVD["max_guidance_scale"], label="guidance max")
+                            g_min = gr.Number(gen_d.min_guidance, label="guidance min")
+                            g_max = gr.Number(gen_d.max_guidance, label="guidance max")
                         with gr.Row():
                             g_fps = gr.Textbox("", label="fps", placeholder="the motion's")
                             g_bucket = gr.Textbox("", label="motion bucket id",
@@ -358,7 +357,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Accordion("advanced", open=False):
                             g_aug = gr.Textbox("", label="noise aug strength",
                                                placeholder="the motion's")
-                            g_chunk = gr.Number(Generation.decode_chunk_size, precision=0,
+                            g_chunk = gr.Number(gen_d.decode_chunk_size, precision=0,
                                                 label="frames per VAE decode", minimum=1)
                         anim_btn = gr.Button("Animate", variant="primary", elem_id="animate-btn")
                     with gr.Column():

@@ -23,7 +23,6 @@ F, H and W always come from the loaded model.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
@@ -31,22 +30,21 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
 
-from reenact import embedding, inversion, models, video
+from reenact import api, embedding, models, profiles, video
 from reenact.embedding import MotionEmbedding
-from reenact.errors import ConfigError, EmbeddingError, InputError, ReenactError
+from reenact.errors import ConfigError, InputError, ReenactError
 from reenact.files import atomic_write
 from reenact.inversion import InversionConfig
-from reenact.metrics import frame_psnr
+from reenact.pipeline import GenerationConfig
 
-__all__ = ["Studio", "Motion", "Generation", "AnimateResult", "ReconstructResult", "Stopped",
+__all__ = ["Studio", "Motion", "generation", "AnimateResult", "ReconstructResult", "Stopped",
            "check_name", "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_SHARE_DIR"]
 
 #: How ``reenact ui`` is served and where it writes, unless told otherwise.
@@ -65,12 +63,6 @@ MAX_TARGETS = 8  # images per Animate run: more is a batch job (`reenact animate
 VIEW_SIDE = 192
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
-# StableVideoDiffusionPipeline.__call__'s keyword defaults (steps, guidance, fps, bucket, ...)
-_SVD = {name: p.default
-        for name, p in inspect.signature(StableVideoDiffusionPipeline.__call__).parameters.items()
-        if p.default is not inspect.Parameter.empty}
-
-
 class Stopped(Exception):
     """The user pressed Stop; the run ends and nothing is written."""
 
@@ -78,19 +70,6 @@ class Stopped(Exception):
 # --------------------------------------------------------------------------------------------
 # small pieces
 # --------------------------------------------------------------------------------------------
-
-def _geometry(pipe) -> tuple[int, int, int]:
-    """``(F, H, W)`` the loaded model generates: the UNet's frames, the pipeline's size rule.
-
-    ``sample_size * vae_scale_factor``, except SVD's checkpoints (sample_size 96 = 768x768 but
-    trained at 576x1024, the pipeline default of the same latent area).
-    """
-    frames = int(pipe.unet.config.num_frames)
-    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    if side * side == _SVD["height"] * _SVD["width"]:
-        return frames, _SVD["height"], _SVD["width"]
-    return frames, side, side
-
 
 def check_name(name: str) -> str:
     """A library name: letters, digits, ``-`` and ``_`` (so it can never be a path)."""
@@ -163,11 +142,6 @@ def _trim(start, end, stride) -> tuple[int, int | None, int]:
     return start, end, stride
 
 
-def _meta_number(emb: MotionEmbedding, key: str):
-    value = emb.metadata.get(key)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -175,32 +149,29 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-@dataclass
-class Generation:
-    """The knobs of an Animate / Reconstruct run (None: the embedding's value, else SVD's)."""
+def generation(steps=None, min_guidance=None, max_guidance=None, seed=None, fps=None,
+               motion_bucket_id=None, noise_aug_strength=None,
+               decode_chunk_size=None) -> GenerationConfig:
+    """A :class:`GenerationConfig` from form values (empty: its default, i.e. for the optional
+    knobs the motion's recorded value, else SVD's); errors name the field."""
+    base = GenerationConfig()
+    config = GenerationConfig(
+        steps=_as_int(steps, "steps", 1, optional=True) or base.steps,
+        min_guidance=_or(_as_float(min_guidance, "min guidance", optional=True), base.min_guidance),
+        max_guidance=_or(_as_float(max_guidance, "max guidance", optional=True), base.max_guidance),
+        seed=_or(_as_int(seed, "seed", 0, optional=True), base.seed),
+        fps=_as_int(fps, "fps", 1, optional=True),
+        motion_bucket_id=_as_int(motion_bucket_id, "motion bucket id", 0, optional=True),
+        noise_aug_strength=_as_float(noise_aug_strength, "noise aug strength", optional=True),
+        decode_chunk_size=_as_int(decode_chunk_size, "decode chunk size", 1, optional=True)
+        or base.decode_chunk_size,
+    )
+    config.validate()
+    return config
 
-    steps: int = _SVD["num_inference_steps"]
-    min_guidance: float = _SVD["min_guidance_scale"]
-    max_guidance: float = _SVD["max_guidance_scale"]
-    seed: int = 0
-    fps: int | None = None
-    motion_bucket_id: int | None = None
-    noise_aug_strength: float | None = None
-    decode_chunk_size: int = 8  # SVD docs' value
 
-    def validated(self) -> Generation:
-        """Checked copy, with form values made numbers; errors name the field."""
-        return Generation(
-            steps=_as_int(self.steps, "steps", 1),
-            min_guidance=_as_float(self.min_guidance, "min guidance"),
-            max_guidance=_as_float(self.max_guidance, "max guidance"),
-            seed=_as_int(self.seed, "seed", 0),
-            fps=_as_int(self.fps, "fps", 1, optional=True),
-            motion_bucket_id=_as_int(self.motion_bucket_id, "motion bucket id", 0, optional=True),
-            noise_aug_strength=_as_float(self.noise_aug_strength, "noise aug strength",
-                                         optional=True),
-            decode_chunk_size=_as_int(self.decode_chunk_size, "decode chunk size", 1),
-        )
+def _or(value, default):
+    return default if value is None else value
 
 
 @dataclass
@@ -237,11 +208,10 @@ class Studio:
 
     def __init__(self, model: str = models.TOY_MODEL, share_dir: str | os.PathLike = DEFAULT_SHARE_DIR,
                  device: str = "auto", pipe=None) -> None:
-        device = models.resolve_device(device)
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.model = model
-        self.pipe = pipe if pipe is not None else models.load_pipeline(model, device, dtype)
-        self.num_frames, self.height, self.width = _geometry(self.pipe)
+        self.pipe = pipe if pipe is not None else api.load_model(model, device)
+        self.num_frames, self.height, self.width = models.native_geometry(model)
+        self.profile = profiles.profile_for(self.pipe)  # the inversion's defaults for this model
         self.share = Path(share_dir).expanduser().resolve()
         self.library = self.share / "motions"
         self.outputs = self.share / "outputs"
@@ -289,34 +259,32 @@ class Studio:
 
     # -- Learn a motion ----------------------------------------------------------------------
 
-    def reference(self, path, start=0, end=None, stride=1) -> torch.Tensor:
-        """The F frames the model will use, at its size ``(F, 3, H, W)`` (the inversion's input)."""
-        return self.reference_info(path, start, end, stride)[0]
-
-    def reference_info(self, path, start=0, end=None, stride=1) -> tuple[torch.Tensor, video.ClipInfo]:
-        """:meth:`reference` and what was read: source frames, their times, notes for the user.
-
-        Read as :func:`reenact.video.load_reference` reads every reference: F frames evenly
-        spaced in time over the trimmed range, at the model's size (turned for a portrait clip).
-        """
+    def reference(self, path, start=0, end=None, stride=1) -> api.Reference:
+        """The trimmed clip exactly as the inversion will get it (:func:`reenact.api.load_reference`):
+        ``.frames`` ``(F, 3, H, W)`` at the model's size, ``.source`` (source frame indices and
+        times), ``.notes`` (which frames over what span, then warnings)."""
         p = _upload(path, "reference video", MAX_VIDEO_BYTES)
         start, end, stride = _trim(start, end, stride)
-        return video.load_reference(p, self.num_frames, start=start, end=end, stride=stride,
-                                    native_size=(self.height, self.width))
+        return api.load_reference(p, self.pipe, start=start, end=end, stride=stride)
+
+    @property
+    def defaults(self) -> InversionConfig:
+        """The inversion's defaults for the loaded model (its profile): the form starts there."""
+        return self.profile.config()
 
     def config(self, steps, tokens, seed, lr=None, sets=None, log_sigma_mean=None) -> InversionConfig:
-        """An :class:`InversionConfig` from the form; empty fields keep its defaults."""
-        base = InversionConfig()
-        config = InversionConfig(
-            steps=_as_int(steps, "steps", 1),
-            tokens=_as_int(tokens, "tokens", 1),
-            seed=_as_int(seed, "seed", 0),
-            lr=base.lr if lr in (None, "") else _as_float(lr, "learning rate", 0.0),
-            sets=sets or base.sets,
-            log_sigma_mean=(base.log_sigma_mean if log_sigma_mean in (None, "")
-                            else float(log_sigma_mean)),
-            checkpoint_every=0,  # the UI writes only finished motions
-        )
+        """The model's profile with the form's values on top; empty fields keep the profile's."""
+        changes = {"steps": _as_int(steps, "steps", 1), "tokens": _as_int(tokens, "tokens", 1),
+                   "seed": _as_int(seed, "seed", 0),
+                   "checkpoint_every": 0}  # the UI writes only finished motions
+        if lr not in (None, ""):
+            changes["lr"] = _as_float(lr, "learning rate", 0.0)
+        if sets:
+            changes["sets"] = sets
+        if log_sigma_mean not in (None, ""):
+            changes["log_sigma_mean"] = _as_float(log_sigma_mean, "mean of ln sigma",
+                                                  minimum=-math.inf)
+        config = self.profile.config(**changes)
         config.validate()
         return config
 
@@ -333,12 +301,9 @@ class Studio:
         target = self.library / f"{name}.safetensors"
         if target.exists():
             raise ConfigError(f"a motion named '{name}' is already in the library; pick another name")
-        config = config or InversionConfig(checkpoint_every=0)
-        frames = self.reference(path, start, end, stride)
-        label = Path(path).name
-        trim = _trim(start, end, stride)
-        if trim != (0, None, 1):
-            label += f" frames {trim[0]}:{'' if trim[1] is None else trim[1]}:{trim[2]}"
+        config = config or self.profile.config(checkpoint_every=0)
+        frames = self.reference(path, start, end, stride).frames  # refused before any compute
+        start, end, stride = _trim(start, end, stride)
 
         def step(k: int, loss: float) -> None:
             if self.stop_event.is_set():
@@ -348,8 +313,8 @@ class Studio:
 
         with self.lock:
             self.stop_event.clear()
-            result = inversion.invert(self.pipe, frames, config, reference_name=label,
-                                      progress=False, callback=step)
+            result = api.invert_video(Path(path), self.pipe, start=start, end=end, stride=stride,
+                                      config=config, progress=False, callback=step)
         created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
         emb = MotionEmbedding(result.embedding.tensor, {**result.embedding.metadata, "created": created})
         return self._add(name, emb, frames)
@@ -412,125 +377,108 @@ class Studio:
         emb = MotionEmbedding.load(p)
         emb.path = Path(p.name)  # messages name the file the user gave, not the upload's temp path
         embedding.check_compatible(emb, self.pipe.unet, self.model, self.num_frames)
-        embedding.check_recorded_size(emb, self.height, self.width)
+        api.generation_config(emb, self.pipe)  # its recorded size and conditioning fit the model
         emb = MotionEmbedding(emb.tensor, dict(emb.metadata))  # re-serialised, never copied
         return self._add(name, emb, None)
 
     # -- Animate, Reconstruct ----------------------------------------------------------------
 
-    def _settings(self, emb: MotionEmbedding, knobs: Generation) -> dict:
-        """Pipeline keyword arguments: a knob if set, else the embedding's value, else SVD's."""
-        def pick(key: str, given):
-            if given is not None:
-                return given
-            recorded = _meta_number(emb, key)
-            return recorded if recorded is not None else _SVD[key]
-
-        embedding.check_recorded_size(emb, self.height, self.width)  # before sizing anything
-        height = _meta_number(emb, "height") or self.height
-        width = _meta_number(emb, "width") or self.width
-        if height % 8 or width % 8:
-            raise EmbeddingError(f"{emb.name} records a size {height}x{width} that is not a "
-                                 "multiple of 8")
-        return dict(height=int(height), width=int(width), num_frames=emb.num_frames,
-                    num_inference_steps=knobs.steps, min_guidance_scale=knobs.min_guidance,
-                    max_guidance_scale=knobs.max_guidance,
-                    fps=int(pick("fps", knobs.fps)),
-                    motion_bucket_id=int(pick("motion_bucket_id", knobs.motion_bucket_id)),
-                    noise_aug_strength=float(pick("noise_aug_strength", knobs.noise_aug_strength)),
-                    decode_chunk_size=knobs.decode_chunk_size)
-
-    def _generate(self, emb: MotionEmbedding, images: list[Image.Image], settings: dict, seed: int,
+    def _generate(self, emb: MotionEmbedding, images: list[Image.Image], gen: GenerationConfig,
                   on_step: Callable[[int, int], None] | None) -> list[torch.Tensor]:
-        """One video per image, each ``(F, 3, H, W)`` in ``[-1, 1]``, one seeded generator each."""
-        total = settings["num_inference_steps"] * len(images)
+        """One video per image (``(F, 3, H, W)`` in ``[-1, 1]``), one call each so progress
+        shows; the same seed for every image, as ``reenact animate`` does."""
         out = []
-        for i, image in enumerate(images):
-            def report(pipe, step, t, kwargs, i=i):
+        with self.lock:
+            for i, image in enumerate(images):
+                out.append(self.pipe.animate([image], emb, gen)[0])
                 if on_step is not None:
-                    on_step(i * settings["num_inference_steps"] + step + 1, total)
-                return kwargs
-
-            frames = self.pipe(image, motion_embedding=emb, output_type="pt",
-                               generator=torch.Generator().manual_seed(seed),
-                               callback_on_step_end=report, **settings).frames[0]
-            out.append(frames.float().cpu() * 2 - 1)
+                    on_step(i + 1, len(images))
         return out
 
     def _run_folder(self, label: str) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         return self.outputs / f"{label}-{stamp}-{uuid.uuid4().hex[:4]}"
 
-    def animate(self, name: str, images: Sequence, knobs: Generation | None = None,
+    def _motion_for_model(self, name: str) -> Motion:
+        motion = self.motion(name)
+        embedding.check_compatible(motion.embedding, self.pipe.unet, self.model, self.num_frames)
+        return motion
+
+    def animate(self, name: str, images: Sequence, knobs: GenerationConfig | None = None,
                 on_step: Callable[[int, int], None] | None = None) -> AnimateResult:
         """Animate each image with motion ``name``: ``outputs/NAME-<time>/`` gets, per image,
         ``<i>_<stem>.mp4`` and ``.gif`` at the model's size, and ``compare.mp4`` (reference |
         results, enlarged for viewing). Every image is read before any compute; the folder
-        appears only when complete."""
-        knobs = (knobs or Generation()).validated()
-        motion = self.motion(name)
-        embedding.check_compatible(motion.embedding, self.pipe.unet, self.model, self.num_frames)
+        appears only when complete. ``knobs``: unset values come from the motion, else SVD's."""
+        motion = self._motion_for_model(name)
         paths = [_upload(p, "target image", MAX_IMAGE_BYTES) for p in (images or [])]
         if not paths:
             raise InputError("no target image given; upload one or several images")
         if len(paths) > MAX_TARGETS:
             raise InputError(f"{len(paths)} images given; animate at most {MAX_TARGETS} at a time "
                              "here (`reenact animate` has no limit)")
-        settings = self._settings(motion.embedding, knobs)
-        targets = [self._image(p, settings) for p in paths]
-        with self.lock:
-            results = self._generate(motion.embedding, targets, settings, knobs.seed, on_step)
+        gen = api.generation_config(motion.embedding, self.pipe, knobs)
+        targets = [self._image(p, gen) for p in paths]
+        results = self._generate(motion.embedding, targets, gen, on_step)
         final = self._run_folder(name)
         with atomic_write(final) as tmp:  # the run's folder appears complete or not at all
             files = []
             for i, (p, frames) in enumerate(zip(paths, results)):
                 stem = f"{i + 1}_{re.sub(r'[^A-Za-z0-9_-]', '_', p.stem)[:40]}"
-                files.append(video.write_video(frames, tmp / f"{stem}.mp4", fps=settings["fps"]))
-                files.append(video.write_video(frames, tmp / f"{stem}.gif", fps=settings["fps"]))
+                files.append(video.write_video(frames, tmp / f"{stem}.mp4", fps=gen.fps))
+                files.append(video.write_video(frames, tmp / f"{stem}.gif", fps=gen.fps))
             columns = [self.view(r) for r in results]
             if motion.reference is not None:
-                columns.insert(0, self.view(self._reference_frames(motion, settings)))
+                columns.insert(0, self.view(self._library_reference(motion, gen)))
             video.write_video(video.make_grid(columns, columns=4, gap=4), tmp / "compare.mp4",
-                              fps=settings["fps"])
+                              fps=gen.fps)
         return AnimateResult(final / "compare.mp4", [final / f.name for f in files],
-                             motion.reference is not None, settings, knobs.seed)
+                             motion.reference is not None, gen)
 
-    def _image(self, path: Path, settings: dict) -> Image.Image:
+    def _image(self, path: Path, gen: GenerationConfig) -> Image.Image:
         try:
-            return video.load_image(path, settings["height"], settings["width"])
+            return video.load_image(path, gen.height, gen.width)
         except InputError as e:
             raise InputError(str(e).replace(str(path), path.name)) from None
 
-    def _reference_frames(self, motion: Motion, settings: dict, upload=None) -> torch.Tensor:
-        if upload:
-            return self.reference(upload)
-        if motion.reference is None:
+    def _library_reference(self, motion: Motion, gen: GenerationConfig) -> torch.Tensor:
+        """The F frames a motion learned here was learned on (kept in the library)."""
+        return video.load_video(motion.reference, motion.embedding.num_frames, gen.height, gen.width)
+
+    def reconstruct(self, name: str, knobs: GenerationConfig | None = None, reference=None,
+                    on_step: Callable[[int, int], None] | None = None) -> ReconstructResult:
+        """The paper's diagnostic (:func:`reenact.api.reconstruct`): animate the reference's own
+        first frame with its motion and compare with the reference, frame by frame (PSNR).
+        ``reference``: an uploaded clip, for motions learned elsewhere (read over the range the
+        motion records); those learned here use the frames kept in the library."""
+        motion = self._motion_for_model(name)
+        gen = api.generation_config(motion.embedding, self.pipe, knobs)
+        if reference:
+            clip = _upload(reference, "reference video", MAX_VIDEO_BYTES)
+            where: dict = {}
+        elif motion.reference is not None:  # exactly the F frames it was learned on
+            clip, where = motion.reference, {"start": 0, "end": motion.embedding.num_frames,
+                                             "stride": 1}
+        else:
             raise InputError(f"'{motion.name}' was not learned here, so its reference is not in "
                              "the library; upload the reference video to reconstruct it")
-        return video.load_video(motion.reference, motion.embedding.num_frames,
-                                settings["height"], settings["width"])
-
-    def reconstruct(self, name: str, knobs: Generation | None = None, reference=None,
-                    on_step: Callable[[int, int], None] | None = None) -> ReconstructResult:
-        """The paper's diagnostic: animate the reference's own first frame with its motion and
-        compare with the reference, frame by frame (PSNR). ``reference``: an uploaded clip, for
-        motions learned elsewhere (the library keeps the frames of those learned here)."""
-        knobs = (knobs or Generation()).validated()
-        motion = self.motion(name)
-        embedding.check_compatible(motion.embedding, self.pipe.unet, self.model, self.num_frames)
-        settings = self._settings(motion.embedding, knobs)
-        frames = self._reference_frames(motion, settings, reference)
-        first = video.tensor_to_images(frames[:1])[0]
         with self.lock:
-            result = self._generate(motion.embedding, [first], settings, knobs.seed, on_step)[0]
-        scores = frame_psnr(result, frames)
+            result = api.reconstruct(motion.embedding, clip, self.pipe, config=gen, **where)
+        if on_step is not None:
+            on_step(1, 1)
+        meta = motion.embedding.metadata
+        frames = video.load_video(clip, motion.embedding.num_frames, gen.height, gen.width,
+                                  where.get("start", int(meta.get("source_start") or 0)),
+                                  where.get("end", meta.get("source_end")),
+                                  where.get("stride", int(meta.get("source_stride") or 1)))
         final = self._run_folder(f"{name}-reconstruction")
         with atomic_write(final) as tmp:
-            video.write_video(result, tmp / "reconstruction.mp4", fps=settings["fps"])
-            video.write_video(result, tmp / "reconstruction.gif", fps=settings["fps"])
-            video.write_video(video.make_grid([self.view(frames), self.view(result)], gap=4),
-                              tmp / "compare.mp4", fps=settings["fps"])
-        return ReconstructResult(final / "compare.mp4", final / "reconstruction.mp4", scores)
+            video.write_video(result.video, tmp / "reconstruction.mp4", fps=result.fps)
+            video.write_video(result.video, tmp / "reconstruction.gif", fps=result.fps)
+            video.write_video(video.make_grid([self.view(frames), self.view(result.video)], gap=4),
+                              tmp / "compare.mp4", fps=result.fps)
+        return ReconstructResult(final / "compare.mp4", final / "reconstruction.mp4", result.psnr,
+                                 result.same_reference)
 
 
 @dataclass
@@ -538,8 +486,7 @@ class AnimateResult:
     compare: Path  # reference | results, enlarged, mp4
     files: list[Path]  # per image: mp4 and gif at the model's size
     with_reference: bool
-    settings: dict = field(default_factory=dict)  # the pipeline's keyword arguments
-    seed: int = 0
+    settings: GenerationConfig  # resolved: every value the generation used
 
 
 @dataclass
@@ -547,6 +494,7 @@ class ReconstructResult:
     compare: Path
     video: Path
     psnr: list[float]
+    same_reference: bool = True  # the clip is the one the motion was learned on
 
     @property
     def report(self) -> str:
@@ -565,4 +513,7 @@ class ReconstructResult:
                  "frame 0, the embedding has not captured the reference's motion, and animating "
                  "other images with it usually fails too: learn it with more steps, or trim the "
                  "clip to the motion you want."]
+        if not self.same_reference:
+            lines += ["", "Note: this clip (range, size) is not the one the motion was learned on, "
+                          "so the PSNR measures transfer, not reconstruction."]
         return "\n".join(lines)
