@@ -209,7 +209,8 @@ class Studio:
     def __init__(self, model: str = models.TOY_MODEL, share_dir: str | os.PathLike = DEFAULT_SHARE_DIR,
                  device: str = "auto", pipe=None) -> None:
         self.model = model
-        self.pipe = pipe if pipe is not None else api.load_model(model, device)
+        # the denoising bar on: the page shows it (gradio tracks tqdm), the server log too
+        self.pipe = pipe if pipe is not None else api.load_model(model, device, progress=True)
         self.num_frames, self.height, self.width = models.native_geometry(model)
         self.profile = profiles.profile_for(self.pipe)  # the inversion's defaults for this model
         self.share = Path(share_dir).expanduser().resolve()
