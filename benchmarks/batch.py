@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from reenact import batch, cli, video
+from reenact import batch, video
+from reenact.models import native_geometry
 from reenact.toy import world
 
 
 def write_plan(folder: Path, steps: int, gen_steps: int, motions: int = 3, targets: int = 4) -> Path:
     """``motions`` toy reference clips and ``targets`` toy stills, and a plan pairing all of them."""
-    frames, height, width = cli._model_geometry("toy")
+    frames, height, width = native_geometry("toy")
     (folder / "clips").mkdir(parents=True, exist_ok=True)
     (folder / "images").mkdir(exist_ok=True)
     lo = world.SEED_RANGES["demo"][0]

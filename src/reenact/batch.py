@@ -95,7 +95,7 @@ _NOT_IN_KEY = frozenset({"checkpoint_every", "preview_every", "preview_steps", "
 
 
 # --------------------------------------------------------------------------------------------
-# generation settings: read from the CLI, where they are decided (until the library owns them)
+# generation settings: those of `reenact animate` (GenerationConfig)
 # --------------------------------------------------------------------------------------------
 
 def _animate_defaults() -> dict[str, object]:
@@ -108,7 +108,9 @@ def _animate_defaults() -> dict[str, object]:
 
     gen = {f.name: f.default for f in fields(GenerationConfig) if f.name != "seed"}
     # None (fps, bucket, noise_aug, size): the embedding's, else SVD's (GenerationConfig.resolve)
-    return {**gen, "batch_size": api.OTHER_BATCH, "format": "mp4", "seed": None}  # seed None: defaults.seed
+    # batch_size None: the device's (api.default_batch_size: 1 on CUDA, 4 elsewhere); seed None:
+    # defaults.seed
+    return {**gen, "batch_size": None, "format": "mp4", "seed": None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ def _animate_settings(raw: object, base: dict[str, object], where: str,
             if value not in _RESULT_FORMATS:
                 problems.add(f"{where}.{key}", f"must be one of {', '.join(_RESULT_FORMATS)} (got {value!r})")
                 continue
-        elif key in ("fps", "motion_bucket_id", "height", "width", "seed"):
+        elif key in ("fps", "motion_bucket_id", "height", "width", "seed", "batch_size"):
             if value is not None and not _is_int(value):
                 problems.add(f"{where}.{key}", f"must be an integer (got {value!r})")
                 continue
@@ -1020,7 +1022,8 @@ def _run(plan: Plan, out: Path, address: str | None, gpus_per_job: float,
     image_digests: dict[str, str | None] = {}  # each image is hashed once per run
 
     def plan_animations(m: Motion) -> None:
-        """Queue ``m``'s cells that are not valid yet, in jobs of ``batch_size`` targets."""
+        """Queue ``m``'s cells that are not valid yet (split into jobs of ``batch_size``
+        targets when submitted, once the workers' device is known)."""
         path = embeddings[m.name]
         digest = _sha256(path)
         todo: list[tuple[Target, dict]] = []
@@ -1033,10 +1036,8 @@ def _run(plan: Plan, out: Path, address: str | None, gpus_per_job: float,
                                       _result_files(m, t, out)[0], out, "skipped")])
             else:
                 todo.append((t, key))
-        size = int(m.animate["batch_size"])
-        for i in range(0, len(todo), size):
-            chunk = todo[i : i + size]
-            animations.append(AnimateJob(m, path, [t for t, _ in chunk], [k for _, k in chunk], out))
+        if todo:
+            animations.append(AnimateJob(m, path, [t for t, _ in todo], [k for _, k in todo], out))
 
     def fail_cells(m: Motion, error: str) -> None:
         """The cells of a motion that could not be learned (its failure was printed already)."""
@@ -1051,9 +1052,7 @@ def _run(plan: Plan, out: Path, address: str | None, gpus_per_job: float,
     workers, device = 0, None
     try:
         if inversions or animations:
-            jobs = len(inversions) + len(animations) + sum(
-                math.ceil(len(j.motion.targets) / int(j.motion.animate["batch_size"]))
-                for j in inversions)
+            jobs = len(inversions) + sum(len(m.targets) for m in plan.motions)  # at most
             with ray_session(address):
                 workers, device = _execute(plan, out, inversions, animations, embeddings,
                                            plan_animations, fail_cells, recorder, jobs,
@@ -1086,7 +1085,7 @@ def _execute(plan: Plan, out: Path, inversions: deque, animations: deque,
         while inversions or animations or running:
             while idle and (inversions or animations):
                 actor = idle.pop()
-                job = inversions.popleft() if inversions else animations.popleft()
+                job = inversions.popleft() if inversions else _next_batch(animations, pool.device)
                 call = actor.invert if isinstance(job, InvertJob) else actor.animate
                 running[call.remote(job)] = (actor, job)
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -1112,6 +1111,18 @@ def _execute(plan: Plan, out: Path, inversions: deque, animations: deque,
             with contextlib.suppress(Exception):
                 ray.kill(actor)
     return pool.size, pool.device
+
+
+def _next_batch(animations: deque, device: str) -> AnimateJob:
+    """The first ``batch_size`` targets of the next queued job (the rest stays queued first)."""
+    from reenact import api
+
+    job = animations.popleft()
+    size = int(job.motion.animate["batch_size"] or api.default_batch_size(device))
+    if len(job.targets) > size:
+        animations.appendleft(replace(job, targets=job.targets[size:], keys=job.keys[size:]))
+        job = replace(job, targets=job.targets[:size], keys=job.keys[:size])
+    return job
 
 
 def _lost(job: InvertJob | AnimateJob, out: Path, error: str) -> list[dict]:
