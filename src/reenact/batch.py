@@ -413,8 +413,14 @@ def load_plan(path: str | os.PathLike, check_model: bool = True) -> Plan:
     if not _is_int(seed) or seed < 0:
         problems.add("defaults.seed", f"must be an integer >= 0 (got {seed!r})")
         seed = 0
-    base_invert = _inversion_config(defaults.get("invert"), InversionConfig(seed=seed),
-                                    "defaults.invert", problems)
+    try:  # the model's profile, as `reenact invert` (reenact.profiles)
+        from reenact.profiles import inversion_config
+
+        profile_config = inversion_config(model, seed=seed)
+    except ReenactError:  # reported above (defaults.model)
+        profile_config = InversionConfig(seed=seed)
+    base_invert = _inversion_config(defaults.get("invert"), profile_config, "defaults.invert",
+                                    problems)
     base_animate = _animate_settings(defaults.get("animate"), {**_animate_defaults(), "seed": seed},
                                      "defaults.animate", problems)
     base_size = {}
@@ -690,28 +696,26 @@ class Worker:
 
     def invert(self, job: InvertJob) -> list[dict]:
         """Learn the motion's embedding; resume from a checkpoint a killed run left."""
-        from reenact import inversion
+        from reenact import api, inversion
 
         m, out = job.motion, job.output.parent.parent
         t0 = time.perf_counter()
         inputs = {"video": m.video}
         try:
-            frames = video.load_video(m.video, self.num_frames, m.height or self.height,
-                                      m.width or self.width, m.start, m.end, m.stride)
-            name = m.video.name
-            if (m.start, m.end, m.stride) != (0, None, 1):
-                name += f" frames {m.start}:{'' if m.end is None else m.end}:{m.stride}"
+            def run(resume: bool):  # as `reenact invert` (reference reading, metadata)
+                return api.invert_video(m.video, self.pipe, job.work, start=m.start, end=m.end,
+                                        stride=m.stride, height=m.height, width=m.width,
+                                        config=m.invert, resume=resume, progress=False)
+
             ckpt = inversion.checkpoint_path(job.work)
             resume = ckpt.exists()
             try:
-                result = inversion.invert(self.pipe, frames, m.invert, output=job.work,
-                                          reference_name=name, resume=resume, progress=False)
+                result = run(resume)
             except ReenactError as e:
                 if not (resume and str(ckpt) in str(e)):
                     raise
                 ckpt.unlink(missing_ok=True)  # a checkpoint of other settings: start over
-                result = inversion.invert(self.pipe, frames, m.invert, output=job.work,
-                                          reference_name=name, progress=False)
+                result = run(False)
             emb = result.embedding
             emb.metadata["batch_key"] = job.key
             emb.save(job.output)
