@@ -210,3 +210,8 @@ def test_generation_settings_are_bounded():
         api.GenerationConfig(fps=0).validate()
     with pytest.raises(ConfigError, match="height"):
         api.GenerationConfig(height=30).validate()
+
+
+def test_native_geometry_of_a_loaded_pipeline_is_that_of_its_folder(tiny_svd_dir, tiny_pipe):
+    assert models.native_geometry(tiny_pipe) == models.native_geometry(str(tiny_svd_dir)) == (
+        TINY_FRAMES, SIZE, SIZE)

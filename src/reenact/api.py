@@ -133,14 +133,7 @@ def load_reference(path: PathLike, model: str | MotionTransferPipeline, *, start
 
 
 def _geometry(model: str | MotionTransferPipeline) -> tuple[int, int, int]:
-    if isinstance(model, str):
-        return models.native_geometry(model)
-    name = getattr(model, "model_name", None)
-    if name:
-        return models.native_geometry(name)
-    f = model.unet.config.num_frames
-    side = model.unet.config.sample_size * model.vae_scale_factor
-    return f, side, side
+    return models.native_geometry(model)
 
 
 def invert_video(

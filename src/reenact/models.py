@@ -180,8 +180,9 @@ def model_configs(model: str) -> tuple[dict, dict]:
     return dict(unet), dict(vae)
 
 
-def native_geometry(model: str) -> tuple[int, int, int]:
-    """``(F, H, W)`` that ``model`` generates by default, from its config files alone.
+def native_geometry(model: str | MotionTransferPipeline) -> tuple[int, int, int]:
+    """``(F, H, W)`` that ``model`` (a name, or a loaded pipeline) generates by default; for a
+    name, from its config files alone.
 
     So a reference clip can be loaded (and rejected) before the weights. ``F`` is the UNet's
     ``num_frames``. ``H x W`` is the pipeline's own rule, ``sample_size * vae_scale_factor``,
@@ -191,7 +192,10 @@ def native_geometry(model: str) -> tuple[int, int, int]:
     """
     from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
 
-    unet, vae = model_configs(model)
+    if isinstance(model, str):
+        unet, vae = model_configs(model)
+    else:
+        unet, vae = dict(model.unet.config), dict(model.vae.config)
     unet_init = inspect.signature(UNetSpatioTemporalConditionModel.__init__).parameters
     call = inspect.signature(StableVideoDiffusionPipeline.__call__).parameters
     frames = unet.get("num_frames", unet_init["num_frames"].default)
