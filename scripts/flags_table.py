@@ -24,7 +24,8 @@ def flag_rows(sub: argparse.ArgumentParser):
         default = a.default
         profiled = getattr(a, "profile_defaults", None)  # set per model profile (reenact.profiles)
         if profiled is not None:
-            default = ", ".join(f"{k}: {v}" for k, v in profiled.items() if v is not None)
+            default = ", ".join(f"{k}: {v}" if v is not None else f"{k}: clip's"
+                                for k, v in profiled.items() if v is not None or k == "svd")
             if len(profiled) == 1:
                 default = "" if profiled["toy"] is None else str(profiled["toy"])
         elif default in (None, argparse.SUPPRESS, [], False) or a.option_strings == []:

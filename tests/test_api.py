@@ -215,3 +215,16 @@ def test_generation_settings_are_bounded():
 def test_native_geometry_of_a_loaded_pipeline_is_that_of_its_folder(tiny_svd_dir, tiny_pipe):
     assert models.native_geometry(tiny_pipe) == models.native_geometry(str(tiny_svd_dir)) == (
         TINY_FRAMES, SIZE, SIZE)
+
+
+def test_the_svd_profile_conditions_on_the_clips_own_frame_rate(tmp_path, clip_file, monkeypatch):
+    # the tiny model stands in for SVD here: the profile is what is tested, not the weights
+    monkeypatch.setattr(profiles, "profile_for", lambda model: profiles.SVD)
+    ref = api.load_reference(clip_file, "toy")
+    assert ref.fps is not None and 5 <= ref.fps <= 30
+    cfg = profiles.SVD.config(steps=1, num_augmentations=0, gradient_checkpointing=False)
+    assert cfg.fps is None
+    seen = {}
+    monkeypatch.setattr(inversion, "invert", lambda pipe, frames, config, **kw: seen.update(config=config))
+    api.invert_video(clip_file, "toy", config=cfg, progress=False)
+    assert seen["config"].fps == ref.fps

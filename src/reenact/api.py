@@ -19,6 +19,7 @@ are :mod:`reenact.errors` types with one-line messages.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .embedding import MotionEmbedding
 from .errors import ConfigError
 from .metrics import frame_psnr
 from .inversion import InversionConfig, InversionResult
-from .pipeline import GenerationConfig, MotionTransferPipeline
+from .pipeline import SVD_CALL_DEFAULTS, GenerationConfig, MotionTransferPipeline
 from .routing import set_attention
 
 __all__ = [
@@ -98,6 +99,7 @@ class Reference:
     # ClipInfo (reenact.video): source frame indices, times, span, effective fps, sizes
     notes: tuple[str, ...] = ()  # one-line remarks for the user: which frames over what span,
     # then warnings (frames far apart in time, a truncated file, ...)
+    fps: int | None = None  # the rate at which the frames replay the clip, clamped (None: no timing)
 
 
 def _model_name(model: str | MotionTransferPipeline) -> str:
@@ -129,7 +131,7 @@ def load_reference(path: PathLike, model: str | MotionTransferPipeline, *, start
     name = Path(path).name
     if (start, end, stride) != (0, None, 1):
         name += f" frames {start}:{'' if end is None else end}:{stride}"
-    return Reference(frames, name, source, (info.describe(), *info.notes))
+    return Reference(frames, name, source, (info.describe(), *info.notes), info.fps)
 
 
 def _geometry(model: str | MotionTransferPipeline) -> tuple[int, int, int]:
@@ -175,7 +177,13 @@ def invert_video(
     config.validate()
     reference = load_reference(video_path, model, start=start, end=end, stride=stride,
                                height=height, width=width)
-    for note in reference.notes:
+    notes = list(reference.notes)
+    if config.fps is None:  # the clip's own rate (the svd profile), else SVD's default
+        config = dataclasses.replace(config, fps=reference.fps or SVD_CALL_DEFAULTS["fps"])
+    elif reference.fps is not None and reference.fps != config.fps:
+        notes.append(f"fps conditioning {config.fps} ({profile.name} profile or --fps), not the "
+                     f"clip's {reference.fps}")
+    for note in notes:
         if on_note is not None:
             on_note(note)
     f_h, f_w = reference.frames.shape[-2:]

@@ -397,7 +397,8 @@ def _add_setting_flags(p: argparse.ArgumentParser, cls: type, profiled: bool) ->
             svd = profiles.SVD.overrides.get(f.name)
             text = kwargs["help"]
             if svd is not None:
-                text += _escape(f"; svd profile: {svd.value} [{svd.source}]; toy profile")
+                shown = "the clip's" if svd.value is None else svd.value
+                text += _escape(f"; svd profile: {shown} [{svd.source}]; toy profile")
             if meta.get("source"):
                 text += _escape(f" [{meta['source']}]")
             if default is not None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import math
 import os
@@ -66,6 +67,7 @@ from reenact.embedding import (
 )
 from reenact.errors import ConfigError, DivergedError, InputError
 from reenact.files import atomic_write
+from reenact.pipeline import SVD_CALL_DEFAULTS
 from reenact.routing import ATTENTION_KINDS, flatten_embedding, install_motion_routing, set_attention
 from reenact.settings import setting
 
@@ -180,8 +182,10 @@ class InversionConfig:
                                   low=1, high=4096, group=_NOISE, source="no source; see module docs")
 
     # -- micro-conditioning (identical in inversion and generation) --
-    fps: int = setting(7, "fps conditioning (the UNet sees fps-1)", low=1, high=1000,
-                       group=_MICRO, source="SVD pipeline default")
+    fps: int | None = setting(
+        7, "fps conditioning (the UNet sees fps-1); None: the clip's own rate over the selected "
+        "frames (reenact.video's ClipInfo.fps, clamped to 5-30)", low=1, high=1000, group=_MICRO,
+        optional=True, source="SVD pipeline default; the toy model was trained at fps 7 only")
     motion_bucket_id: int = setting(127, "motion-amount conditioning", low=0, high=1023,
                                     group=_MICRO, source="SVD pipeline default")
     noise_aug_strength: float = setting(
@@ -796,6 +800,8 @@ def _checked(config: InversionConfig, frames, output, resume: bool) -> Inversion
                          "of 8 (resize it)")
     if resume and output is None:
         raise ConfigError("resume needs an output path (the checkpoint is <output>.ckpt)")
+    if config.fps is None:  # "the clip's" without a clip to ask (api.invert_video asks): SVD's
+        config = dataclasses.replace(config, fps=SVD_CALL_DEFAULTS["fps"])
     return config
 
 

@@ -74,6 +74,9 @@ SVD = Profile(
         "gradient_checkpointing": Override(True, "14x576x1024 fp16: peak 54.7 -> 11.0 GB by the "
                                                  "memory benchmark (docs/PERFORMANCE.md): fits "
                                                  "a 12-24 GB card"),
+        "fps": Override(None, "the clip's: SVD was trained with each clip's real frame rate as "
+                              "its fps conditioning, so the rate at which the selected frames "
+                              "replay the reference is the honest value (issue 8 item 4)"),
         "checkpoint_every": Override(100, "a step costs seconds on SVD: lose at most ~100"),
     },
 )

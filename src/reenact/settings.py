@@ -20,16 +20,17 @@ __all__ = ["setting", "validate", "help_text", "describe"]
 
 def setting(default: Any, help: str, *, source: str = "", low: float | None = None,
             high: float | None = None, choices: tuple | None = None, group: str = "",
-            flag: bool = True) -> Field:
+            flag: bool = True, optional: bool = False) -> Field:
     """A dataclass field with its documentation.
 
     ``help``: what it does; ``source``: where the default comes from (a measurement, the paper,
     a public figure, or "no source" said plainly); ``low``/``high``: inclusive bounds of a
     number (values outside make no sense and are refused); ``choices``: the allowed values;
-    ``group``: the help section of the flag; ``flag=False``: library-only, no CLI flag.
+    ``group``: the help section of the flag; ``flag=False``: library-only, no CLI flag;
+    ``optional``: ``None`` is allowed too (it means "decided later", as the help says).
     """
     meta = {"help": help, "source": source, "low": low, "high": high, "choices": choices,
-            "group": group, "flag": flag}
+            "group": group, "flag": flag, "optional": optional}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -53,7 +54,7 @@ def validate(obj: Any) -> None:
     """
     for f in fields(obj):
         meta, value = f.metadata, getattr(obj, f.name)
-        if not meta:
+        if not meta or (value is None and meta.get("optional")):
             continue
         if meta.get("choices") is not None and value not in meta["choices"]:
             raise ConfigError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))} "
