@@ -165,7 +165,7 @@ def test_hub_id_not_in_cache_while_offline(monkeypatch, tmp_path):
 
 
 def test_missing_bundled_toy_model_says_how_to_build_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "toy_model_dir", lambda: tmp_path / "model")
+    monkeypatch.setattr(models, "toy_model_dir", lambda name=models.TOY_MODEL: tmp_path / "model")
     with pytest.raises(ModelNotFoundError, match="python -m reenact.toy.train --out src/reenact/toy/model"):
         models.load_pipeline(models.TOY_MODEL, "cpu")
 

@@ -128,3 +128,17 @@ def test_motion_features_of_a_v1_clip_have_a_still_camera():
     f = world.motion_features(c)
     assert np.array_equal(f[:, :2], c.displacements) and not f[:, 2:].any()
     assert math.isclose(float(np.abs(f).max()), float(np.abs(c.displacements).max()))
+
+
+def test_the_bundled_v2_model_is_the_trainers_32x32_model_and_loads_by_name():
+    """``--model toy-v2`` is the world-v2 model (trained by ``python -m reenact.toy.train``; its
+    card records the commands), loaded through the same ``from_pretrained`` path as SVD; the
+    default ``toy`` stays the 16x16 model."""
+    from reenact import models
+
+    pipe = models.load_pipeline("toy-v2", "cpu")
+    assert models.native_geometry(pipe)[1:] == (32, 32) and pipe.unet.config.num_frames == 8
+    assert pipe.unet.config.block_out_channels == [64, 64, 96]
+    assert "toy-v2" in (models.toy_model_dir("toy-v2") / "README.md").read_text()
+    assert models.native_geometry(models.load_pipeline("toy", "cpu"))[1:] == (16, 16)
+    assert not models.is_svd_family("toy-v2")

@@ -22,6 +22,7 @@ from .quiet import quiet_libraries
 
 __all__ = [
     "TOY_MODEL",
+    "BUNDLED_MODELS",
     "DEFAULT_MODEL",
     "SVD_HUB_IDS",
     "toy_model_dir",
@@ -38,6 +39,10 @@ __all__ = [
 
 #: name of the small model bundled with the package (``reenact/toy/model/``)
 TOY_MODEL = "toy"
+#: every model bundled with the package, by name -> its folder under ``reenact/toy/``. ``toy`` is
+#: the 16x16 palette-world model (the embedded default); ``toy-v2`` the 32x32 world-v2 model
+#: (any colour, sizes 12-50 %, textures, camera motion; its card says why it is not the default)
+BUNDLED_MODELS = {TOY_MODEL: "model", "toy-v2": "model_v2"}
 #: the paper's base model (14 frames, 576x1024)
 DEFAULT_MODEL = "stabilityai/stable-video-diffusion-img2vid"
 
@@ -59,9 +64,9 @@ _DTYPE_KWARG = "dtype" if hasattr(_deprecation_utils, "_resolve_dtype") else "to
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def toy_model_dir() -> Path:
-    """Folder of the bundled toy model (it may not have been trained yet)."""
-    return Path(__file__).resolve().parent / "toy" / "model"
+def toy_model_dir(name: str = TOY_MODEL) -> Path:
+    """Folder of the bundled model ``name`` (``toy`` or ``toy-v2``; it may not have been trained yet)."""
+    return Path(__file__).resolve().parent / "toy" / BUNDLED_MODELS[name]
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -138,12 +143,12 @@ def model_source(model: str) -> str:
     incomplete folder, a name that is neither ``toy``, a folder nor ``owner/name`` (a typo like
     ``toyy``), and a hub id that is not in the local cache while the hub cannot be reached.
     """
-    if model == TOY_MODEL:
-        folder = toy_model_dir()
+    if model in BUNDLED_MODELS:
+        folder = toy_model_dir(model)
         if not (folder / "model_index.json").is_file():
             raise ModelNotFoundError(
-                f"the bundled toy model is missing ({folder}); build it with "
-                "`python -m reenact.toy.train --out src/reenact/toy/model`"
+                f"the bundled model '{model}' is missing ({folder}); build it with "
+                f"`python -m reenact.toy.train --out src/reenact/toy/{BUNDLED_MODELS[model]}` (see its model card)"
             )
         return str(folder)
     local = Path(model).expanduser()
@@ -155,7 +160,7 @@ def model_source(model: str) -> str:
         raise ModelNotFoundError(f"model folder '{model}' does not exist")
     if not _HUB_ID.match(model):
         raise ModelNotFoundError(
-            f"unknown model '{model}': use '{TOY_MODEL}', a diffusers SVD folder, or a hub id "
+            f"unknown model '{model}': use '{TOY_MODEL}' (or 'toy-v2'), a diffusers SVD folder, or a hub id "
             f"like {DEFAULT_MODEL}"
         )
     from huggingface_hub import try_to_load_from_cache
@@ -216,7 +221,7 @@ def is_svd_family(model: str | MotionTransferPipeline) -> bool:
         unet = dict(model.unet.config)
     elif model in SVD_HUB_IDS:
         return True
-    elif model == TOY_MODEL:
+    elif model in BUNDLED_MODELS:
         return False
     else:
         unet, _ = model_configs(model)
@@ -247,7 +252,7 @@ def load_pipeline(
     """
     device = resolve_device(device)
     source = model_source(model)
-    if model == TOY_MODEL:
+    if model in BUNDLED_MODELS:
         variant = None
     try:
         with quiet_libraries():  # their loading bars and notes would bury our messages

@@ -123,9 +123,9 @@ def pick_targets(reference: world.Clip, index: int, count: int,
 # --------------------------------------------------------------------------------------------
 
 def model_folder(model: str) -> Path | None:
-    """The local folder of ``model`` (``toy`` = the bundled one), or None for a hub id."""
-    if model == models.TOY_MODEL:
-        return models.toy_model_dir()
+    """The local folder of ``model`` (``toy``, ``toy-v2`` = the bundled ones), or None for a hub id."""
+    if model in models.BUNDLED_MODELS:
+        return models.toy_model_dir(model)
     p = Path(model).expanduser()
     return p if p.is_dir() else None
 
