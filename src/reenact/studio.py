@@ -97,8 +97,8 @@ def _upload(path: str | os.PathLike | None, what: str, limit: int, suffixes=None
     return p
 
 
-def _as_int(value, name: str, minimum: int, optional: bool = False) -> int | None:
-    """A whole number from a form field (gradio gives floats, strings, or None when emptied)."""
+def _form_number(value, name: str, optional: bool, kind: str) -> float | None:
+    """A number from a form field (gradio gives floats, strings, or None when emptied)."""
     if isinstance(value, str):
         value = value.strip()
     if value is None or value == "":
@@ -108,7 +108,15 @@ def _as_int(value, name: str, minimum: int, optional: bool = False) -> int | Non
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number (got {value!r})") from None
+        raise ConfigError(f"{name} must be {kind} (got {value!r})") from None
+    return number
+
+
+def _as_int(value, name: str, minimum: int, optional: bool = False) -> int | None:
+    """A whole number >= ``minimum`` from a form field."""
+    number = _form_number(value, name, optional, "a whole number")
+    if number is None:
+        return None
     if not math.isfinite(number) or number != int(number):
         raise ConfigError(f"{name} must be a whole number (got {value!r})")
     if number < minimum:
@@ -117,16 +125,10 @@ def _as_int(value, name: str, minimum: int, optional: bool = False) -> int | Non
 
 
 def _as_float(value, name: str, minimum: float = 0.0, optional: bool = False) -> float | None:
-    if isinstance(value, str):
-        value = value.strip()
-    if value is None or value == "":
-        if optional:
-            return None
-        raise ConfigError(f"{name} must be given")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number (got {value!r})") from None
+    """A number >= ``minimum`` from a form field."""
+    number = _form_number(value, name, optional, "a number")
+    if number is None:
+        return None
     if not math.isfinite(number) or number < minimum:
         raise ConfigError(f"{name} must be a number >= {minimum} (got {value!r})")
     return number

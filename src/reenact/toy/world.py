@@ -103,28 +103,10 @@ def sample_trajectory(rng: np.random.Generator, num_frames: int, motion: str, ex
 
 
 def _shape_mask(shape: str, size: float, centers: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Anti-aliased coverage (F, H, W) of ``shape`` of side/diameter ``size`` at each centre."""
-    s = SUPERSAMPLE
-    ys = (torch.arange(height * s, dtype=torch.float64) + 0.5) / s
-    xs = (torch.arange(width * s, dtype=torch.float64) + 0.5) / s
-    c = torch.as_tensor(centers, dtype=torch.float64)
-    dx = xs[None, None, :] - c[:, 0, None, None]
-    dy = ys[None, :, None] - c[:, 1, None, None]
-    r = size / 2
-    if shape == "square":
-        inside = (dx.abs() <= r) & (dy.abs() <= r)
-    elif shape == "disc":
-        inside = dx**2 + dy**2 <= r**2
-    elif shape == "diamond":
-        inside = dx.abs() + dy.abs() <= r * 1.25
-    elif shape == "triangle":
-        # upright triangle, base at +r, apex at -r
-        v = (dy + r) / (2 * r)
-        inside = (v >= 0) & (v <= 1) & (dx.abs() <= v * r * 1.1)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
-    m = inside.float()[:, None]
-    return F.avg_pool2d(m, s)[:, 0]
+    """Anti-aliased coverage (F, H, W) of ``shape`` of side/diameter ``size`` at each centre: the
+    supersampled coverage of :func:`_shape_masks` (one size for every frame), averaged per pixel."""
+    inside = _shape_masks(shape, np.full(len(centers), float(size)), centers, height, width)
+    return F.avg_pool2d(inside[:, None], SUPERSAMPLE)[:, 0]
 
 
 def _palette() -> np.ndarray:
