@@ -1,6 +1,6 @@
 """The web UI (``reenact ui``): learn a motion from a video and animate images in the browser.
 
-A gradio page that is a thin skin over the library (STYLE.md, "gradio demos"): each handler of
+A gradio page that is a thin skin over the library, as gradio demos are: each handler of
 :class:`Handlers` validates the form, calls one :class:`~reenact.studio.Studio` method (which
 calls the library) and turns a :class:`~reenact.errors.ReenactError` into the one line the CLI
 prints for the same problem, shown on the page -- never a stack trace. :func:`build_app` lays

@@ -8,7 +8,7 @@ motions go to which targets, and the settings shared by all of them. Running it 
 2. **animate** the motion x target grid -- jobs of up to ``batch_size`` targets of one motion,
    one batched pipeline call each.
 
-Both run on Ray (Ray's batch-inference pattern, STYLE.md): a pool of :class:`Worker` actors, each
+Both run on Ray (Ray's batch-inference pattern): a pool of :class:`Worker` actors, each
 holding one loaded model (one GPU each, or CPU threads on a machine without GPUs), takes jobs
 from the driver; a worker loads the model once and serves every job it is given, inversions and
 generations alike. The driver only plans, submits and records: it hashes inputs, skips what is
