@@ -26,10 +26,9 @@ shape with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (as
 FLOPs include it. MFU = model FLOPs / seconds / ``--peak-tflops`` (989 TFLOP/s: the dense
 fp16/bf16 tensor-core peak of an H100/H200 SXM without sparsity).
 
-Needs only torch and diffusers (no transformers, no PyAV): it imports ``reenact.routing`` and,
-when importable, the library's ``reenact.inversion.gradient_checkpointing``; where that import
-fails (``reenact.inversion`` pulls in diffusers' SVD pipeline, which needs transformers) the
-same two steps are applied here (:func:`_checkpointing`) and the output says so. A time budget
+Needs only torch and diffusers (no transformers, no PyAV): it imports ``reenact.routing`` and
+``reenact.checkpointing`` (the library's own ``--gradient-checkpointing``), neither of which pulls
+in diffusers' SVD pipeline (which needs transformers). A time budget
 (``--budget-s``) skips the remaining configurations rather than overrun; the JSON is rewritten
 after every configuration, so a cut-off run keeps what it measured.
 
@@ -49,7 +48,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout
@@ -61,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
+from reenact.checkpointing import gradient_checkpointing  # noqa: E402
 from reenact.routing import flatten_embedding, install_motion_routing  # noqa: E402
 
 diffusers_logging.set_verbosity_error()  # its "cast with to()" notice, once per build
@@ -94,46 +93,6 @@ def build_unet(config: dict, frames: int, device: str, dtype: torch.dtype):
     unet = unet.to(device=device, dtype=dtype).requires_grad_(False).eval()
     unet.set_attn_processor(AttnProcessor2_0())
     return unet
-
-
-@contextlib.contextmanager
-def _checkpointing(unet) -> Iterator[None]:
-    """diffusers' gradient checkpointing + every temporal transformer block checkpointed.
-
-    What ``reenact.inversion.gradient_checkpointing`` does; used only where that module cannot be
-    imported (no transformers on the machine), so the measured step is the library's.
-    """
-    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
-
-    blocks = [b for m in unet.modules() if isinstance(m, TransformerSpatioTemporalModel)
-              for b in m.temporal_transformer_blocks]
-
-    def wrap(forward):
-        def run(*args, **kwargs):
-            if torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-            return forward(*args, **kwargs)
-        return run
-
-    unet.enable_gradient_checkpointing()
-    for b in blocks:
-        b.forward = wrap(b.forward)
-    try:
-        yield
-    finally:
-        for b in blocks:
-            del b.forward
-        unet.disable_gradient_checkpointing()
-
-
-def checkpointing():
-    """``(context manager factory, where it comes from)``: the library's if importable."""
-    try:
-        from reenact.inversion import gradient_checkpointing
-        return gradient_checkpointing, "reenact.inversion.gradient_checkpointing"
-    except Exception as e:  # noqa: BLE001 -- ImportError, or a mismatched transformers failing oddly
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return _checkpointing, f"this script's copy (reenact.inversion not importable: {reason})"
 
 
 def routing(unet, tokens: int, frames: int, mode: str):
@@ -281,7 +240,7 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype or ("fp32" if torch.device(device).type == "cpu" else "fp16")]
     config = TINY_UNET if args.tiny else SVD_UNET
     shapes = args.shapes or ([(4, 32, 32), (6, 32, 48)] if args.tiny else [(14, 576, 1024), (25, 576, 1024)])
-    ckpt, ckpt_source = checkpointing()
+    ckpt, ckpt_source = gradient_checkpointing, "reenact.checkpointing.gradient_checkpointing"
     modes = ["lean", "old"] if HAS_LEAN else ["old"]
     out_path = Path(args.out)
     env = {

@@ -66,6 +66,7 @@ from reenact.embedding import (
     unet_fingerprint,
 )
 from reenact.errors import ConfigError, DivergedError, InputError
+from reenact.checkpointing import checkpoint_temporal_blocks, gradient_checkpointing  # noqa: F401 (re-exported)
 from reenact.files import atomic_write
 from reenact.pipeline import SVD_CALL_DEFAULTS
 from reenact.routing import ATTENTION_KINDS, flatten_embedding, install_motion_routing, set_attention
@@ -578,62 +579,6 @@ def _load_checkpoint(path: Path, config: InversionConfig, reference: dict, finge
 
 
 # --- the frozen model --------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def checkpoint_temporal_blocks(unet: torch.nn.Module) -> Iterator[int]:
-    """Checkpoint every temporal transformer block of ``unet`` too, for the duration.
-
-    ``unet.enable_gradient_checkpointing()`` makes SVD's UNet recompute its resnets and *spatial*
-    transformer blocks in the backward pass, but diffusers'
-    ``TransformerSpatioTemporalModel.forward`` calls its ``temporal_transformer_blocks`` outside
-    any checkpoint, so their activations stay saved: at 14x576x1024 with fp16 weights an inversion
-    step then still peaks at 32.3 GB, 11.0 GB with this (docs/PERFORMANCE.md). Each block's
-    ``forward`` is wrapped in ``torch.utils.checkpoint`` (non-reentrant, as diffusers does) while
-    grad is enabled; the gradients are unchanged. Yields the number of blocks wrapped; on exit
-    every block gets its own ``forward`` back.
-    """
-    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
-
-    blocks = [b for m in unet.modules() if isinstance(m, TransformerSpatioTemporalModel)
-              for b in m.temporal_transformer_blocks]
-    saved = [b.__dict__.get("forward") for b in blocks]  # None: the class's forward
-
-    def checkpointed(forward):
-        def run(*args, **kwargs):
-            if torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-            return forward(*args, **kwargs)
-        return run
-
-    for b in blocks:
-        b.forward = checkpointed(b.forward)
-    try:
-        yield len(blocks)
-    finally:
-        for b, forward in zip(blocks, saved):
-            if forward is None:
-                del b.forward
-            else:
-                b.forward = forward
-
-
-@contextlib.contextmanager
-def gradient_checkpointing(unet: torch.nn.Module) -> Iterator[None]:
-    """diffusers' gradient checkpointing plus :func:`checkpoint_temporal_blocks`, undone on exit.
-
-    What ``InversionConfig.gradient_checkpointing`` turns on. Leaves diffusers' flag on if it was
-    on before.
-    """
-    had = getattr(unet, "is_gradient_checkpointing", False)
-    if not had:
-        unet.enable_gradient_checkpointing()
-    try:
-        with checkpoint_temporal_blocks(unet):
-            yield
-    finally:
-        if not had:
-            unet.disable_gradient_checkpointing()
-
 
 @contextlib.contextmanager
 def _frozen(pipe, config: InversionConfig) -> Iterator[None]:
