@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     snaps = sorted(s for s in set(args.snapshots) if s <= args.max_steps)
     pipe = models.load_pipeline(args.model, "cpu")
     num_frames = pipe.unet.config.num_frames
-    refs = bench.pick_references(args.refs)
-    targets = [bench.pick_targets(r, i, args.targets) for i, r in enumerate(refs)]
+    geometry = bench.model_geometry(pipe)
+    refs = bench.pick_references(args.refs, *geometry)
+    targets = [bench.pick_targets(r, args.targets, *geometry) for r in refs]
     images = [[vio.tensor_to_images(t.video[0])[0] for t in ts] for ts in targets]
     curves: dict[str, dict[int, float]] = {}
     seconds: dict[str, float] = {}
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 emb = MotionEmbedding(res.snapshots[s], {})
                 videos = bench.generate(pipe, images[i], emb, steps=args.gen_steps, seed=0)
                 for v, t in zip(videos, targets[i]):
-                    disp = metrics.trajectory(v, t.object_color, t.background_color)
-                    per_step[s].append(metrics.motion_metrics(ref.displacements, disp)["trajectory_cosine"])
+                    measured = metrics.measured_motion(v, ref.kind, t.object_color)
+                    per_step[s].append(metrics.motion_metrics(ref.truth, measured)["trajectory_cosine"])
             print(f"{name}: ref {i + 1}/{len(refs)} done ({t_inv:.0f}s inverting)", file=sys.stderr, flush=True)
         curves[name] = {s: float(np.mean(v)) for s, v in per_step.items()}
         seconds[name] = t_inv / len(refs)

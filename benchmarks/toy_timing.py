@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     pipe = models.load_pipeline(args.model, "cpu")
     load_s = time.perf_counter() - t0
     frames = pipe.unet.config.num_frames
-    ref = bench.pick_references(1)[0]
-    targets = bench.pick_targets(ref, 0, 3)
+    geometry = bench.model_geometry(pipe)
+    ref = bench.pick_references(1, *geometry)[0]
+    targets = bench.pick_targets(ref, 3, *geometry)
     images = [vio.tensor_to_images(t.video[0])[0] for t in targets]
 
     cfg = InversionConfig()

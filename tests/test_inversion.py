@@ -160,6 +160,17 @@ def test_shared_mode_learns_one_set_for_all(pipe, tmp_path):
     assert all(torch.equal(emb[0], emb[f]) for f in range(FRAMES + 1))
 
 
+def test_shared_steps_tie_the_per_frame_sets_then_untie_them(pipe):
+    """--shared-steps K: one shared set (the sets' mean) for K steps, then F+1 sets that all start
+    from it and move apart."""
+    tied = invert(pipe, clip(), fast(shared_steps=4), progress=False).embedding.tensor
+    assert tied.shape[0] == FRAMES + 1 and all(torch.equal(tied[0], tied[f]) for f in range(FRAMES + 1))
+    untied = invert(pipe, clip(), fast(shared_steps=2), progress=False).embedding.tensor
+    assert not torch.equal(untied[0], untied[1])  # two free steps after the untie
+    free = invert(pipe, clip(), fast(), progress=False).embedding.tensor
+    assert not torch.equal(free, untied)
+
+
 def test_everything_the_vae_sees_is_encoded_once(pipe, monkeypatch):
     calls = []
     encode = pipe.vae.encode

@@ -159,6 +159,11 @@ class InversionConfig:
     sets: str = setting(
         "per-frame", "per-frame: F+1 distinct sets; shared: one set for all (the paper's F'=1 "
         "ablation)", choices=SETS, group=_EMB, source="paper: per-frame")
+    shared_steps: int = setting(
+        0, "per-frame sets: optimise them tied, as one shared set, for the first K steps, then "
+        "untie them from that shared solution (coarse to fine; 0 = off)", low=0, high=10**6,
+        group=_EMB, source="paper: off; issue 7 item 4 (F+1 free sets drift off the "
+        "one-token-per-clip manifold the toy model was trained on), measured in docs/RESULTS.md")
     init: str = setting(
         "clip", "clip: the frames' CLIP embeddings; random / zeros for ablations (zeros: the N "
         "tokens of a set get identical gradients and stay identical)", choices=INITS, group=_EMB,
@@ -417,6 +422,7 @@ class InversionState:
     generator: torch.Generator | None  # the per-step sampling stream (None on "meta": no RNG there)
     num_frames: int
     lr_scale: float = 1.0  # the initial embedding's RMS with lr_relative, else 1
+    shared_steps: int = 0  # InversionConfig.shared_steps: sets tied while step < this
     step: int = 0
     log: LossLog = field(default_factory=LossLog)
 
@@ -432,11 +438,22 @@ class InversionState:
         scaler = torch.amp.GradScaler(device.type, enabled=half_precision)
         generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(config.seed + 3)
         lr_scale = float(init.float().pow(2).mean().sqrt()) if config.lr_relative else 1.0
-        return cls(param, optimizer, scaler, generator, num_frames, lr_scale)
+        return cls(param, optimizer, scaler, generator, num_frames, lr_scale, config.shared_steps)
 
     def sets(self) -> torch.Tensor:
-        """The embedding as the model sees it, (F+1, N, d); "shared" expands its single set."""
-        return self.param.expand(self.num_frames + 1, -1, -1) if self.param.shape[0] == 1 else self.param
+        """The embedding as the model sees it, (F+1, N, d); "shared" expands its single set, and
+        per-frame sets still tied (``step < shared_steps``) are their mean, expanded."""
+        if self.param.shape[0] == 1:
+            return self.param.expand(self.num_frames + 1, -1, -1)
+        if self.step < self.shared_steps:  # F+1 identical gradients: one shared set in effect
+            return self.param.mean(0, keepdim=True).expand(self.num_frames + 1, -1, -1)
+        return self.param
+
+    def untie_if_due(self) -> None:
+        """At ``step == shared_steps``, every per-frame set starts from the shared solution."""
+        if self.param.shape[0] > 1 and self.shared_steps and self.step == self.shared_steps:
+            with torch.no_grad():
+                self.param.copy_(self.param.mean(0, keepdim=True).expand_as(self.param))
 
     def embedding(self, metadata: dict) -> MotionEmbedding:
         """A detached copy as a :class:`MotionEmbedding`, with the run's progress in its metadata."""
@@ -534,6 +551,7 @@ def step(unet: torch.nn.Module, state: InversionState, latents: ReferenceLatents
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.step += 1
+    state.untie_if_due()
     return loss
 
 

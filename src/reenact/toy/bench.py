@@ -1,17 +1,39 @@
-"""The motion-transfer benchmark on the toy world: the paper's ablation, measured.
+"""The motion-transfer benchmark on the toy world: the paper's ablation, measured, and sliced.
 
 ``reenact bench toy [flags]`` (or ``python benchmarks/toy_transfer.py [flags]``). A fixed set of
-reference clips from ``SEED_RANGES["bench"]`` (never seen in training), covering every motion of
-``world.MOTIONS`` round-robin, each with a few target stills whose object colour differs from the
-reference's. For each configuration the reference is inverted once and its targets animated in
-one batched pipeline call; every generated video is then scored against ground truth by
-:mod:`reenact.toy.metrics` (trajectory cosine, direction accuracy, magnitude ratio, first-frame
-PSNR, no leak), tracking the target's object with the *target's* colours.
+world-v2 reference clips (``world.make_scene_clip``) from ``SEED_RANGES["bench"]`` (never seen in
+training) at the model's F x H x W (read from the model), planned by :func:`reference_plan` so that
+the slices the training distribution does not favour are all there: every motion class of
+``world.MOTIONS_V2`` (camera pan and zoom included), small (12-20 %), medium and large (35-50 %)
+objects, plain / gradient / textured backgrounds, extreme colours (the RGB cube's corners: world v2
+draws colours uniformly, so "far from training-frequent colours" has no other honest meaning), and
+references given as users give them (64x64, 16-24 frames, H.264 mp4 read back through
+``reenact.video``). Each has a few target stills of its size class, background kind and colour
+class. For each configuration the reference is inverted once and its targets animated in one
+batched pipeline call; every generated video is scored against ground truth:
+
+* **trajectory cosine**: cosine between the reference's true motion signal (frames 1..F-1,
+  flattened) and the result's measured one -- the object's displacement (tracked by its colour,
+  ``world.track_by_color``) for object motions, the global camera shift (pan) or log scale (zoom)
+  found by brute-force search against frame 0 (``world.estimate_camera``) for camera motions (the
+  toy stand-in for the paper's SSv2 feature cosine);
+* **direction accuracy**: at the frame k* where the reference moves most, the result's motion is
+  within 45 degrees of the reference's (a zoom: in vs out);
+* **magnitude ratio**: |result(k*)| / |reference(k*)| (median over videos);
+* **first-frame PSNR**: the result's frame 0 against the target image (pixels in [0, 1]) -- is the
+  target's appearance kept (the paper's first-frame CLIP similarity);
+* **no leak**: every frame shows the target's object colour, and fewer pixels of the reference's
+  object colour than of it -- the reference's appearance did not leak into the embedding;
+* **reconstruction** (per reference and inverted configuration, ``reenact reconstruct``'s
+  diagnostic): the reference redone from its own first frame; first-frame PSNR and trajectory.
+
+Every summary reports each slice and names the worst, not only the mean.
 
 Configurations (``--configs``; the paper's F' x N ablation plus the stock model and an oracle):
 ``a`` stock image-to-video (no motion embedding: the model's CLIP embedding of the target),
 ``b`` one shared set N=1, ``c`` one shared set N=5, ``d`` F+1 sets N=1, ``e`` F+1 sets N=5 (the
-paper's default), and optionally ``o``, the *oracle*: the toy model's own training context for the
+paper's default), ``f`` as ``e`` but tied into one shared set for the first half of the steps
+(``InversionConfig.shared_steps``, issue 7 item 4), and optionally ``o``, the *oracle*: the toy model's own training context for the
 true motion (``motion_code.safetensors`` of the model folder), one token, all sets equal -- an upper
 bound on what the model can do with any embedding. ``a`` and ``o`` need no inversion.
 
@@ -47,7 +69,9 @@ from reenact.inversion import INITS, SCHEDULES, InversionConfig, invert
 from reenact.pipeline import GenerationConfig
 from reenact.settings import describe
 from reenact.toy import world
-from reenact.toy.metrics import MIN_COLOR_DISTANCE, color_distance, score_video
+from reenact.metrics import psnr
+from reenact.toy.metrics import (MIN_COLOR_DISTANCE, color_distance, first_frame_psnr, measured_motion,
+                                 motion_kind, motion_metrics, score_video, true_motion)
 
 __all__ = [
     "CONFIGS",
@@ -68,6 +92,7 @@ class ConfigSpec:
     description: str
     sets: str | None = None
     tokens: int | None = None
+    shared_fraction: float = 0.0  # InversionConfig.shared_steps as a fraction of the steps
 
 
 CONFIGS: dict[str, ConfigSpec] = {
@@ -76,6 +101,7 @@ CONFIGS: dict[str, ConfigSpec] = {
     "c": ConfigSpec("one shared set, N=5", "shared", 5),
     "d": ConfigSpec("F+1 sets, N=1", "per-frame", 1),
     "e": ConfigSpec("F+1 sets, N=5 (paper default)", "per-frame", 5),
+    "f": ConfigSpec("F+1 sets, N=5, shared for the first half (--shared-steps)", "per-frame", 5, 0.5),
     "o": ConfigSpec("oracle: the model's training context for the true motion"),
 }
 DEFAULT_CONFIGS = "a,b,c,d,e"
@@ -83,38 +109,164 @@ DEFAULT_CONFIGS = "a,b,c,d,e"
 #: offsets inside the bench seed range: references at +i, targets of reference i at
 #: +TARGET_OFFSET + i*TARGET_STRIDE + k (k counts skipped seeds too)
 TARGET_OFFSET, TARGET_STRIDE = 100_000, 100
-UPSCALE = 8  # 16x16 frames are unreadable at their own size
+UPSCALE = 4  # 32x32 frames are small at their own size
+
+#: object side / frame side of the size slices (world v2 draws 12-50 %)
+SIZE_CLASSES = {"small": (0.12, 0.20), "medium": (0.20, 0.35), "large": (0.35, 0.50)}
+#: world v2 draws object colours uniformly in the RGB cube (subject to contrast), so no colour is
+#: "training-frequent"; the colour slice takes the cube's corners instead -- every channel at
+#: least this far from 0 (saturated primaries, secondaries, black and white), 0.3 % of draws
+EXTREME_COLOR = 0.85
+#: references given as users give them: this size, 16-24 frames, H.264 mp4 read by reenact.video
+USER_SIZE, USER_FRAMES, USER_FPS = 64, (16, 24), 8
 
 
 # --------------------------------------------------------------------------------------------
 # the fixed benchmark set
 # --------------------------------------------------------------------------------------------
 
-def pick_references(count: int, seed_range: str = "bench") -> list[world.Clip]:
-    """``count`` reference clips, seed ``lo + i``, motion ``MOTIONS[i % 5]`` (round-robin)."""
+def model_geometry(pipe) -> tuple[int, int, int]:
+    """``(F, H, W)`` the model generates: read from its UNet and VAE, never assumed."""
+    cfg = pipe.unet.config
+    side = cfg.sample_size * pipe.vae_scale_factor
+    h, w = (side, side) if isinstance(side, int) else side
+    return int(cfg.num_frames), int(h), int(w)
+
+
+def _extreme_color(rng: np.random.Generator) -> np.ndarray:
+    return rng.choice([-1.0, 1.0], 3) * rng.uniform(EXTREME_COLOR, 1.0, 3)
+
+
+@dataclass
+class Reference:
+    """One benchmark reference: the clip as rendered, what the inversion is given, the truth.
+
+    ``video``: (F, 3, H, W) at the model's size, either the clip itself or (``source`` ``mp4``)
+    the clip written as a larger, longer H.264 file and read back by ``reenact.video`` as a
+    user's file is; ``truth``: :func:`true_motion` at the frames that reading chose.
+    """
+
+    index: int
+    clip: world.SceneClip
+    video: torch.Tensor
+    truth: np.ndarray
+    size_class: str
+    extreme_color: bool
+    source: str  # "rendered" or "mp4 WxH, N frames"
+    indices: tuple[int, ...] | None = None  # the clip's frames that ``video`` shows (None: all)
+
+    @property
+    def motion(self) -> str:
+        return self.clip.motion
+
+    @property
+    def kind(self) -> str:
+        return motion_kind(self.clip.motion)
+
+    @property
+    def seed(self) -> int:
+        return self.clip.meta["seed"]
+
+    def slices(self) -> list[str]:
+        """The slices this reference (and its targets, which share its size class, background
+        kind and colour class) belongs to."""
+        out = [f"motion: {self.motion}", f"size: {self.size_class}", f"background: {self.clip.background}"]
+        out.append("camera motion" if self.kind != "object" else "object motion")
+        if self.extreme_color:
+            out.append("colour: extreme (cube corners)")
+        out.append("reference: user mp4" if self.source.startswith("mp4") else "reference: rendered at model size")
+        return out
+
+
+def reference_plan(i: int) -> dict:
+    """What reference ``i`` is: motion round-robin over ``world.MOTIONS_V2``; size class and
+    background cycle so that every motion meets each of them (27 references: all); every 4th
+    (i % 4 == 2) has an extreme colour; odd ones come as user mp4 files."""
+    motions = world.MOTIONS_V2
+    rnd = i // len(motions)
+    motion = motions[i % len(motions)]
+    sizes = list(SIZE_CLASSES)
+    background = "texture" if motion in world.CAMERA_MOTIONS else world.BACKGROUNDS[(i + rnd) % len(world.BACKGROUNDS)]
+    return {"motion": motion, "size_class": sizes[rnd % len(sizes)], "background": background,
+            "extreme_color": i % 4 == 2, "user_file": i % 2 == 1}
+
+
+def pick_references(count: int, num_frames: int = 8, height: int = 32, width: int = 32, *,
+                    seed_range: str = "bench", work_dir: Path | None = None) -> list[Reference]:
+    """``count`` references (see :func:`reference_plan`), seed ``lo + i`` of ``seed_range``.
+
+    User-file references are rendered at ``USER_SIZE`` with 16-24 frames, written as H.264 mp4
+    into ``work_dir`` (a temporary folder if None) and read back with
+    :func:`reenact.video.load_reference` at the model's ``num_frames x height x width``.
+    """
+    import tempfile
+
     lo, hi = world.SEED_RANGES[seed_range]
     if count > TARGET_OFFSET:
         raise ConfigError(f"at most {TARGET_OFFSET} references (got {count})")
-    return [world.make_clip(lo + i, motion=world.MOTIONS[i % len(world.MOTIONS)]) for i in range(count)]
+    refs = []
+    tmp = None
+    for i in range(count):
+        plan = reference_plan(i)
+        seed = lo + i
+        rng = np.random.default_rng(seed + 7)
+        color = _extreme_color(rng) if plan["extreme_color"] else None
+        if plan["user_file"]:
+            frames = USER_FRAMES[0] + i % (USER_FRAMES[1] - USER_FRAMES[0] + 1)
+            clip = world.make_scene_clip(seed, frames, USER_SIZE, USER_SIZE, motion=plan["motion"],
+                                         background=plan["background"],
+                                         size_range=SIZE_CLASSES[plan["size_class"]], object_color=color)
+            if work_dir is None and tmp is None:
+                tmp = tempfile.TemporaryDirectory(prefix="reenact-bench-")
+            folder = Path(work_dir or tmp.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"ref_{i}_{plan['motion']}.mp4"
+            vio.write_video(clip.video, path, fps=USER_FPS)
+            video, info = vio.load_reference(path, num_frames, height, width)
+            indices = list(info.source_indices)
+            source = f"mp4 {USER_SIZE}x{USER_SIZE}, {frames} frames"
+        else:
+            clip = world.make_scene_clip(seed, num_frames, height, width, motion=plan["motion"],
+                                         background=plan["background"],
+                                         size_range=SIZE_CLASSES[plan["size_class"]], object_color=color)
+            video, indices, source = clip.video, None, "rendered"
+        refs.append(Reference(i, clip, video, true_motion(clip, indices), plan["size_class"],
+                              plan["extreme_color"], source, None if indices is None else tuple(indices)))
+    if tmp is not None:
+        tmp.cleanup()
+    return refs
 
 
-def pick_targets(reference: world.Clip, index: int, count: int,
-                 seed_range: str = "bench") -> list[world.Clip]:
-    """``count`` target stills for reference number ``index``: the first seeds of its own block
-    whose object colour is >= ``MIN_COLOR_DISTANCE`` from the reference's (others are skipped).
+def pick_targets(reference: Reference, count: int, num_frames: int = 8, height: int = 32, width: int = 32,
+                 seed_range: str = "bench") -> list[world.SceneClip]:
+    """``count`` target stills for ``reference``: the first seeds of its own block, of its size
+    class, background kind and colour class, whose object colour and every background pixel
+    are at least ``MIN_COLOR_DISTANCE`` from the reference's object colour (others are skipped).
 
     Shape, colours, size and position are random draws, so the targets differ among themselves.
+    Only frame 0 of a target is used (the still); the rest is its own, unrelated motion.
     """
     lo, hi = world.SEED_RANGES[seed_range]
-    start = lo + TARGET_OFFSET + index * TARGET_STRIDE
-    targets: list[world.Clip] = []
+    start = lo + TARGET_OFFSET + reference.index * TARGET_STRIDE
+    ref_color = torch.as_tensor(reference.clip.object_color, dtype=torch.float32)[:, None, None]
+    targets: list[world.SceneClip] = []
     for seed in range(start, start + TARGET_STRIDE):
-        t = world.make_target(seed)
-        if color_distance(t.object_color, reference.object_color) >= MIN_COLOR_DISTANCE:
+        rng = np.random.default_rng(seed + 7)
+        color = _extreme_color(rng) if reference.extreme_color else None
+        if color is not None and color_distance(color, reference.clip.object_color) < MIN_COLOR_DISTANCE:
+            continue
+        t = world.make_scene_clip(seed, num_frames, height, width, motion="line",
+                                  background=reference.clip.background,
+                                  size_range=SIZE_CLASSES[reference.size_class], object_color=color)
+        still = t.video[0]
+        background = t.masks[0] < 1e-3
+        near = torch.linalg.norm(still - ref_color, dim=0)[background]
+        if (color_distance(t.object_color, reference.clip.object_color) >= MIN_COLOR_DISTANCE
+                and (near.numel() == 0 or float(near.min()) >= MIN_COLOR_DISTANCE)):
             targets.append(t)
             if len(targets) == count:
                 return targets
-    raise ConfigError(f"could not find {count} targets for reference {index} within "
+    raise ConfigError(f"could not find {count} targets for reference {reference.index} within "
                       f"{TARGET_STRIDE} seeds; ask for fewer --targets")
 
 
@@ -130,7 +282,7 @@ def model_folder(model: str) -> Path | None:
     return p if p.is_dir() else None
 
 
-def oracle_embedding(model: str, reference: world.Clip) -> MotionEmbedding:
+def oracle_embedding(model: str, reference: world.Clip | Reference) -> MotionEmbedding:
     """The toy model's training context for the reference's true motion, as an (F+1, 1, d) embedding.
 
     ``tanh(feat.flatten() @ P + b)`` with ``P``, ``b`` from ``motion_code.safetensors`` (see
@@ -139,13 +291,19 @@ def oracle_embedding(model: str, reference: world.Clip) -> MotionEmbedding:
     """
     from safetensors.torch import load_file
 
+    indices = None
+    if isinstance(reference, Reference):
+        reference, indices = reference.clip, reference.indices
     folder = model_folder(model)
     path = folder / "motion_code.safetensors" if folder is not None else None
     if path is None or not path.is_file():
         raise ConfigError(f"config 'o' (oracle) needs motion_code.safetensors in the model folder; "
                           f"'{model}' has none (toy models only)")
     code = load_file(str(path))
-    feats = torch.as_tensor(world.motion_features(reference), dtype=torch.float32)  # (F, 5)
+    feats = world.motion_features(reference)  # (F, 5), image units: the same at any resolution
+    if indices is not None:  # a user file: the frames the reader chose, relative to the first
+        feats = feats[list(indices)] - feats[indices[0]]
+    feats = torch.as_tensor(feats, dtype=torch.float32)
     frames = feats.shape[0]
     per_frame = code["P"].shape[0] // frames  # 2 (displacements: the first model) or 5
     if code["P"].shape[0] != per_frame * frames or per_frame not in (2, world.MOTION_FEATURES):
@@ -181,11 +339,13 @@ class BenchSettings:
     inversion: InversionConfig
     gen_steps: int
     seed: int = 0
-    model: str = models.TOY_MODEL
+    model: str = "toy-v2"  # the world-v2 model: the benchmark's clips are world v2
     keep_videos_for: int = 3  # references whose videos are kept (for the example images)
+    reconstruct: bool = True  # the reconstruct diagnostic per reference and inverted config
 
     def inversion_config(self, spec: ConfigSpec, seed: int) -> InversionConfig:
-        return dataclasses.replace(self.inversion, sets=spec.sets, tokens=spec.tokens, seed=seed)
+        return dataclasses.replace(self.inversion, sets=spec.sets, tokens=spec.tokens, seed=seed,
+                                   shared_steps=int(spec.shared_fraction * self.inversion.steps))
 
 
 @dataclass
@@ -195,10 +355,26 @@ class BenchRun:
     kept: dict = field(default_factory=dict)  # (ref index, config) -> (T, F, 3, H, W)
 
 
-def run_benchmark(pipe, references: list[world.Clip], targets: list[list[world.Clip]],
+def reconstruct(pipe, reference: Reference, embedding: MotionEmbedding, *, steps: int, seed: int) -> dict:
+    """``reenact reconstruct``'s diagnostic: the reference redone from its own first frame.
+
+    First-frame PSNR (and mean PSNR over frames) to the reference as the model saw it, and the
+    reconstruction's motion scored against the reference's true motion: an embedding that cannot
+    redo its own clip has not learned the motion (the paper's check).
+    """
+    first = vio.tensor_to_images(reference.video[:1])[0]
+    video = generate(pipe, [first], embedding, steps=steps, seed=seed)[0]
+    m = motion_metrics(reference.truth, measured_motion(video, reference.kind, reference.clip.object_color))
+    return {"first_frame_psnr": first_frame_psnr(video, reference.video[0]),
+            "mean_psnr": float(np.mean([psnr(a, b) for a, b in zip(video, reference.video)])),
+            "trajectory_cosine": m["trajectory_cosine"], "direction_ok": m["direction_ok"]}
+
+
+def run_benchmark(pipe, references: list[Reference], targets: list[list[world.Clip]],
                   settings: BenchSettings, log: Callable[[str], None] = lambda s: None,
                   after_reference: Callable[[BenchRun], None] | None = None) -> BenchRun:
-    """Invert every reference once per configuration, animate its targets, score every video."""
+    """Invert every reference once per configuration, animate its targets, score every video;
+    reconstruct each reference with every inverted embedding (``settings.reconstruct``)."""
     run = BenchRun()
     t0 = time.perf_counter()
     for i, (ref, tgts) in enumerate(zip(references, targets)):
@@ -207,32 +383,38 @@ def run_benchmark(pipe, references: list[world.Clip], targets: list[list[world.C
         image_tensors = [vio.image_to_tensor(im) for im in images]  # what the pipeline was given
         for key in settings.configs:
             spec = CONFIGS[key]
-            inv_s, loss = None, None
+            inv_s, loss, recon = None, None, None
             if key == "a":
                 emb = None
             elif key == "o":
                 emb = oracle_embedding(settings.model, ref)
             else:
                 result = invert(pipe, ref.video, settings.inversion_config(spec, seed), progress=False,
-                                reference_name=f"bench seed {ref.meta['seed']} ({ref.motion})")
+                                reference_name=f"bench seed {ref.seed} ({ref.motion})")
                 emb, inv_s, loss = result.embedding, result.seconds, result.embedding.metadata["final_loss"]
-                run.inversions.append({"ref": i, "config": key, "seconds": inv_s,
-                                       "steps": result.steps_done, "final_loss": loss})
+                entry = {"ref": i, "config": key, "seconds": inv_s, "steps": result.steps_done, "final_loss": loss}
+                if settings.reconstruct:
+                    recon = reconstruct(pipe, ref, emb, steps=settings.gen_steps, seed=seed)
+                    entry["reconstruction"] = recon
+                run.inversions.append(entry)
             tg = time.perf_counter()
             videos = generate(pipe, images, emb, steps=settings.gen_steps, seed=seed)
             gen_s = time.perf_counter() - tg
             scores = []
             for j, (tgt, vid, img) in enumerate(zip(tgts, videos, image_tensors)):
-                rec = {"ref": i, "ref_seed": ref.meta["seed"], "motion": ref.motion, "target": j,
-                       "target_seed": tgt.meta["seed"], "config": key,
+                rec = {"ref": i, "ref_seed": ref.seed, "motion": ref.motion, "target": j,
+                       "target_seed": tgt.meta["seed"], "config": key, "slices": ref.slices(),
                        **score_video(vid, ref, tgt, img)}
                 run.records.append(rec)
                 scores.append(rec["trajectory_cosine"])
             if i < settings.keep_videos_for:
                 run.kept[(i, key)] = videos
             inv = f"inversion {inv_s:.1f} s (loss {loss:.3g}), " if inv_s is not None else ""
-            log(f"[ref {i + 1}/{len(references)} {ref.motion}] ({key}) {spec.description}: {inv}"
-                f"generation {gen_s:.1f} s, trajectory cosine {np.mean(scores):+.2f} "
+            rc = (f", reconstruction PSNR {recon['first_frame_psnr']:.1f} dB cosine {recon['trajectory_cosine']:+.2f}"
+                  if recon else "")
+            log(f"[ref {i + 1}/{len(references)} {ref.motion}, {ref.size_class}, {ref.clip.background}, "
+                f"{ref.source}] ({key}) {spec.description}: {inv}"
+                f"generation {gen_s:.1f} s, trajectory cosine {np.mean(scores):+.2f}{rc} "
                 f"(elapsed {_hms(time.perf_counter() - t0)})")
         if after_reference is not None:
             after_reference(run)
@@ -249,8 +431,16 @@ def _hms(seconds: float) -> str:
 # summary and reports
 # --------------------------------------------------------------------------------------------
 
+def _stats(rows: list[dict]) -> dict:
+    cos = np.array([r["trajectory_cosine"] for r in rows])
+    return {"videos": len(rows), "trajectory_cosine_mean": float(cos.mean()),
+            "direction_accuracy": float(np.mean([r["direction_ok"] for r in rows]))}
+
+
 def summarise(records: list[dict], inversions: list[dict], configs: Sequence[str]) -> dict:
-    """Per configuration: means, rates and medians over all its videos (and per motion)."""
+    """Per configuration: means, rates and medians over all its videos; the same per slice
+    (motion class, size, background, camera, colour, user file) and the worst slice; the
+    reconstruction diagnostic's means over references."""
     out = {}
     for key in configs:
         rows = [r for r in records if r["config"] == key]
@@ -258,8 +448,13 @@ def summarise(records: list[dict], inversions: list[dict], configs: Sequence[str
             continue
         cos = np.array([r["trajectory_cosine"] for r in rows])
         mags = np.array([r["magnitude_ratio"] for r in rows], dtype=np.float64)
-        psnr = np.array([r["first_frame_psnr"] for r in rows])
-        secs = [v["seconds"] for v in inversions if v["config"] == key]
+        psnr_ = np.array([r["first_frame_psnr"] for r in rows])
+        invs = [v for v in inversions if v["config"] == key]
+        secs = [v["seconds"] for v in invs]
+        names = sorted({sl for r in rows for sl in r.get("slices", [f"motion: {r['motion']}"])})
+        slices = {n: _stats([r for r in rows if n in r.get("slices", [f"motion: {r['motion']}"])]) for n in names}
+        worst = min(slices, key=lambda n: slices[n]["trajectory_cosine_mean"]) if slices else None
+        recon = [v["reconstruction"] for v in invs if "reconstruction" in v]
         out[key] = {
             "description": CONFIGS[key].description,
             "videos": len(rows),
@@ -267,38 +462,64 @@ def summarise(records: list[dict], inversions: list[dict], configs: Sequence[str
             "trajectory_cosine_std": float(cos.std()),
             "direction_accuracy": float(np.mean([r["direction_ok"] for r in rows])),
             "magnitude_ratio_median": float(np.nanmedian(mags)) if np.isfinite(mags).any() else None,
-            "first_frame_psnr_mean": float(np.mean(np.minimum(psnr, 100.0))),
+            "first_frame_psnr_mean": float(np.mean(np.minimum(psnr_, 100.0))),
             "no_leak_rate": float(np.mean([r["no_leak"] for r in rows])),
             "seconds_per_inversion": float(np.mean(secs)) if secs else None,
             "trajectory_cosine_by_motion": {
                 m: float(np.mean([r["trajectory_cosine"] for r in rows if r["motion"] == m]))
-                for m in world.MOTIONS if any(r["motion"] == m for r in rows)
+                for m in world.MOTIONS_V2 if any(r["motion"] == m for r in rows)
+            },
+            "slices": slices,
+            "worst_slice": worst,
+            "reconstruction": None if not recon else {
+                "references": len(recon),
+                "first_frame_psnr_mean": float(np.mean([min(r["first_frame_psnr"], 100.0) for r in recon])),
+                "mean_psnr_mean": float(np.mean([min(r["mean_psnr"], 100.0) for r in recon])),
+                "trajectory_cosine_mean": float(np.mean([r["trajectory_cosine"] for r in recon])),
+                "direction_accuracy": float(np.mean([r["direction_ok"] for r in recon])),
             },
         }
     return out
 
 
 def markdown_table(summary: dict) -> str:
-    """The ablation table (one row per configuration) and trajectory cosine per motion."""
+    """The ablation table (one row per configuration), the slices (trajectory cosine / direction
+    accuracy per configuration, worst slice marked) and the reconstruction diagnostic."""
     lines = [
         "| config | trajectory cosine | direction acc. | magnitude ratio (median) "
-        "| first-frame PSNR (dB) | no leak | s / inversion |",
-        "|---|---|---|---|---|---|---|",
+        "| first-frame PSNR (dB) | no leak | s / inversion | worst slice |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, s in summary.items():
         mag = "—" if s["magnitude_ratio_median"] is None else f"{s['magnitude_ratio_median']:.2f}"
         sec = "—" if s["seconds_per_inversion"] is None else f"{s['seconds_per_inversion']:.1f}"
+        w = s.get("worst_slice")
+        worst = "—" if w is None else f"{w} ({s['slices'][w]['trajectory_cosine_mean']:.2f})"
         lines.append(
-            f"| ({key}) {s['description']} | {s['trajectory_cosine_mean']:.2f} ± "
-            f"{s['trajectory_cosine_std']:.2f} | {100 * s['direction_accuracy']:.0f}% | {mag} | "
-            f"{s['first_frame_psnr_mean']:.1f} | {100 * s['no_leak_rate']:.0f}% | {sec} |"
+            f"| ({key}) {s['description']} | {s['trajectory_cosine_mean']:.3f} ± "
+            f"{s['trajectory_cosine_std']:.2f} | {100 * s['direction_accuracy']:.1f}% | {mag} | "
+            f"{s['first_frame_psnr_mean']:.1f} | {100 * s['no_leak_rate']:.1f}% | {sec} | {worst} |"
         )
-    motions = [m for m in world.MOTIONS if any(m in s["trajectory_cosine_by_motion"] for s in summary.values())]
-    lines += ["", "Trajectory cosine by reference motion:", "",
-              "| config | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions)]
-    for key, s in summary.items():
-        by = s["trajectory_cosine_by_motion"]
-        lines.append(f"| ({key}) | " + " | ".join(f"{by[m]:.2f}" if m in by else "—" for m in motions) + " |")
+    names = sorted({n for s in summary.values() for n in s.get("slices", {})},
+                   key=lambda n: (not n.startswith("motion"), n))
+    keys = list(summary)
+    lines += ["", "Slices: trajectory cosine / direction accuracy (videos):", "",
+              "| slice | " + " | ".join(f"({k})" for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for n in names:
+        cells = []
+        for k in keys:
+            st = summary[k].get("slices", {}).get(n)
+            cells.append("—" if st is None else
+                         f"{st['trajectory_cosine_mean']:.2f} / {100 * st['direction_accuracy']:.0f}% ({st['videos']})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    rec = {k: s["reconstruction"] for k, s in summary.items() if s.get("reconstruction")}
+    if rec:
+        lines += ["", "Reconstruction diagnostic (each reference redone from its own first frame):", "",
+                  "| config | references | first-frame PSNR (dB) | mean PSNR (dB) | trajectory cosine | direction acc. |",
+                  "|---|---|---|---|---|---|"]
+        for k, r in rec.items():
+            lines.append(f"| ({k}) | {r['references']} | {r['first_frame_psnr_mean']:.1f} | {r['mean_psnr_mean']:.1f} "
+                         f"| {r['trajectory_cosine_mean']:.3f} | {100 * r['direction_accuracy']:.0f}% |")
     return "\n".join(lines)
 
 
@@ -316,10 +537,10 @@ def _up(video: torch.Tensor) -> list[Image.Image]:
     return vio.upscale_nearest(vio.tensor_to_images(video), UPSCALE)
 
 
-def write_example(out_dir: Path, name: str, reference: world.Clip, targets: list[world.Clip],
+def write_example(out_dir: Path, name: str, reference: Reference, targets: list[world.Clip],
                   rows: dict[str, torch.Tensor]) -> list[Path]:
     """``name.png`` (a filmstrip: reference frames, then per target one row per config in ``rows``)
-    and ``name.gif`` (the same, animated: per target reference | config results), upscaled x8."""
+    and ``name.gif`` (the same, animated: per target reference | config results), upscaled."""
     ref = _up(reference.video)
     cell = ref[0].width
     strip = [[_label(f"reference\n{reference.motion}", cell), *ref]]
@@ -385,8 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "invert reference clips, animate targets, score trajectory, direction, "
                     "magnitude, first-frame PSNR and appearance leakage against ground truth.",
     )
-    p.add_argument("--refs", type=int, default=16, help="reference clips (motions round-robin)")
+    p.add_argument("--refs", type=int, default=27,
+                   help="reference clips (motions round-robin; 27 = every motion at every size and background)")
     p.add_argument("--targets", type=int, default=3, help="target images per reference")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="skip the reconstruct diagnostic (one more generation per reference and config)")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="comma-separated: " + "; ".join(f"{k}: {v.description}" for k, v in CONFIGS.items()))
     p.add_argument("--steps", type=int, default=d.steps, help="inversion " + about("steps"))
@@ -402,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
-    p.add_argument("--model", default=models.TOY_MODEL, help="'toy' or a model folder")
+    p.add_argument("--model", default="toy-v2",
+                   help="'toy-v2' (the world-v2 model the benchmark is made for), 'toy' or a model folder")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--examples", type=int, default=3, help="references drawn as example grids")
@@ -430,25 +655,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     t_start = time.perf_counter()
-    references = pick_references(args.refs)
-    targets = [pick_targets(r, i, args.targets) for i, r in enumerate(references)]
-    if "o" in configs:
-        oracle_embedding(args.model, references[0])  # refuse early, before any work
     vio.check_writable_dir(args.out)
+    if "o" in configs:
+        oracle_embedding(args.model, world.make_scene_clip(world.SEED_RANGES["bench"][0]))  # refuse early
     dtype = torch.float32
     pipe = models.load_pipeline(args.model, args.device, dtype)
+    geometry = model_geometry(pipe)  # the clips are made at the model's F x H x W
+    references = pick_references(args.refs, *geometry, work_dir=args.out / "references")
+    targets = [pick_targets(r, args.targets, *geometry) for r in references]
     base = dataclasses.replace(InversionConfig(), steps=args.steps, lr=args.lr,
                                log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std,
                                init=args.init, lr_schedule=args.lr_schedule)
     settings = BenchSettings(configs=configs, inversion=base, gen_steps=args.gen_steps, seed=args.seed,
-                             model=args.model, keep_videos_for=min(args.examples, args.refs))
+                             model=args.model, keep_videos_for=min(args.examples, args.refs),
+                             reconstruct=not args.no_reconstruct)
     info = machine_info()
     header = {
         "command": command,
         "machine": info,
         "settings": {**vars(args), "out": str(args.out), "configs": configs,
                      "inversion": settings.inversion_config(CONFIGS["e"], args.seed).to_dict()},
-        "references": [{"seed": r.meta["seed"], "motion": r.motion, "shape": r.shape,
+        "geometry": {"frames": geometry[0], "height": geometry[1], "width": geometry[2]},
+        "references": [{"seed": r.seed, "motion": r.motion, "shape": r.clip.shape, "source": r.source,
+                        "slices": r.slices(), "object_color": np.round(r.clip.object_color, 3).tolist(),
                         "targets": [t.meta["seed"] for t in ts]} for r, ts in zip(references, targets)],
     }
 

@@ -1,21 +1,24 @@
 """``reenact demo``: the whole method end to end on the bundled toy model, in about a minute on a CPU.
 
-One reference clip from the toy world (an L-turn or an arc, so that the per-frame motion matters)
-is inverted into a motion embedding with the default :class:`~reenact.inversion.InversionConfig`;
-three target stills that differ from it and from each other in shape, colour, background and
-position are animated with it, and -- as the baseline -- with no embedding (the stock
-image-to-video model). Both are scored by the benchmark's trajectory cosine against the
-reference's true motion (:mod:`reenact.toy.metrics`).
+One reference clip from the toy world (world v2: an L-turn or an arc, so that the per-frame motion
+matters) is inverted into a motion embedding with the default
+:class:`~reenact.inversion.InversionConfig`; three target stills -- one on a textured background,
+one with a small object (12-20 % of the side) on a gradient, one large object on a plain background,
+each in another colour and shape -- are animated with it, and, as the baseline, with no embedding
+(the stock image-to-video model). Both are scored by the benchmark's trajectory cosine against the
+reference's true motion (:mod:`reenact.toy.metrics`). Clips are made at the model's F x H x W, read
+from the model.
 
-Everything the demo writes is 16x16 toy footage shown **upscaled x8 with nearest-neighbour
-sampling** (128x128 per video), so what you see is exactly the model's pixels:
+Everything the demo writes is toy footage shown **upscaled x4 with nearest-neighbour sampling**
+(128x128 per 32x32 video), so what you see is exactly the model's pixels:
 
 * ``reference.mp4`` / ``reference.gif`` -- the motion reference;
-* ``target_<i>.png`` -- the target stills (x8);
+* ``target_<i>.png`` -- the target stills;
 * ``result_<i>.mp4`` / ``result_<i>.gif`` -- the targets animated with the learned motion;
+* ``baseline_<i>.gif`` -- the same targets animated by the stock model (no embedding);
 * ``motion.safetensors`` -- the learned embedding (usable with ``reenact animate --model toy``);
-* ``grid.gif`` -- reference | the three results side by side; ``grid.png`` -- the same as a
-  filmstrip (one row per video, one column per frame).
+* ``grid.gif`` -- one row per target: reference | stock baseline | result; ``grid.png`` -- the same
+  as a filmstrip (one row per video, one column per frame, labelled).
 """
 
 from __future__ import annotations
@@ -38,33 +41,46 @@ __all__ = ["run_demo", "pick_demo_clips"]
 
 UPSCALE = bench.UPSCALE
 FPS = 4  # 8 frames: slow enough to follow the turn
-NUM_TARGETS = 3
 DEMO_MOTIONS = ("turn", "arc")  # composite motions: one direction per frame would not do
-_COLORS_DIFFER = metrics.MIN_COLOR_DISTANCE  # RGB distance that counts as "another colour"
+#: the targets: (background, size class); a textured background and a small object (issue 7)
+DEMO_TARGETS = (("texture", "medium"), ("gradient", "small"), ("plain", "large"))
+NUM_TARGETS = len(DEMO_TARGETS)
+GEN_STEPS = GenerationConfig().steps  # Euler steps per generation: SVD's 25, as `reenact animate`
 
 
-def pick_demo_clips(seed: int = 0) -> tuple[world.Clip, list[world.Clip]]:
-    """The reference (demo seed ``lo + seed``; turn for even seeds, arc for odd) and three targets.
+def pick_demo_clips(seed: int = 0, num_frames: int = 8, height: int = 32,
+                    width: int = 32) -> tuple[bench.Reference, list[world.SceneClip]]:
+    """The reference (demo seed ``lo + seed``; turn for even seeds, arc for odd; medium object on
+    a plain background) and one target per ``DEMO_TARGETS`` entry.
 
-    Targets are the first demo seeds (from ``lo + 1000 + 100*seed``) whose shape differs from the
-    reference's and from the other targets', whose object colour differs from the reference's and
-    the other targets' object colours, and whose background differs from the other targets'.
+    Targets are the first demo seeds (from ``lo + 1000 + 100*seed``) of that background and size
+    whose shape differs from the reference's and the other targets', and whose object colour and
+    every background pixel are at least ``metrics.MIN_COLOR_DISTANCE`` from the reference's object
+    colour and the other targets' (so the scores can tell the colours apart).
     """
     lo, hi = world.SEED_RANGES["demo"]
-    reference = world.make_clip(lo + seed, motion=DEMO_MOTIONS[seed % len(DEMO_MOTIONS)])
-    targets: list[world.Clip] = []
+    clip = world.make_scene_clip(lo + seed, num_frames, height, width, motion=DEMO_MOTIONS[seed % len(DEMO_MOTIONS)],
+                                 background="plain", size_range=bench.SIZE_CLASSES["medium"])
+    reference = bench.Reference(0, clip, clip.video, metrics.true_motion(clip), "medium", False, "rendered")
+    targets: list[world.SceneClip] = []
     start = lo + 1000 + 100 * seed
-    for s in range(start, min(hi, start + 10_000)):
-        t = world.make_target(s)
-        others = [reference, *targets]
-        if (all(t.shape != o.shape for o in others)
-                and all(metrics.color_distance(t.object_color, o.object_color) >= _COLORS_DIFFER for o in others)
-                and all(metrics.color_distance(t.background_color, o.background_color) >= _COLORS_DIFFER
-                        for o in targets)):
-            targets.append(t)
-            if len(targets) == NUM_TARGETS:
-                return reference, targets
-    raise RuntimeError("no demo targets found")  # not reached for any seed: shapes and colours abound
+    for background, size in DEMO_TARGETS:
+        for s in range(start, min(hi, start + 10_000)):
+            t = world.make_scene_clip(s, num_frames, height, width, motion="line", background=background,
+                                      size_range=bench.SIZE_CLASSES[size])
+            others = [clip, *targets]
+            still = t.video[0][:, t.masks[0] < 1e-3]  # the target's background pixels
+            if (all(t.shape != o.shape for o in others)
+                    and all(metrics.color_distance(t.object_color, o.object_color) >= metrics.MIN_COLOR_DISTANCE
+                            and float(torch.linalg.norm(still - torch.as_tensor(o.object_color, dtype=torch.float32)[:, None],
+                                                        dim=0).min()) >= metrics.MIN_COLOR_DISTANCE
+                            for o in others)):
+                targets.append(t)
+                start = s + 1
+                break
+        else:
+            raise RuntimeError("no demo target found")  # not reached: shapes and colours abound
+    return reference, targets
 
 
 def _write_both(frames, path_mp4: Path) -> Path:
@@ -74,12 +90,13 @@ def _write_both(frames, path_mp4: Path) -> Path:
 
 
 def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0,
-             model: str = models.TOY_MODEL, progress: bool = True) -> dict:
+             model: str = "toy-v2", progress: bool = True, gen_steps: int = GEN_STEPS) -> dict:
     """Invert a toy reference, animate three targets, write the files above into ``out_dir``.
 
     ``steps`` overrides the inversion's default number of steps; ``seed`` picks the clips and
-    seeds inversion and generation; ``model`` is ``toy`` (the bundled model) or a toy-model
-    folder. Returns the paths written (mp4s; gifs sit beside them), the motion score (mean
+    seeds inversion and generation; ``gen_steps`` the Euler steps of each generation (fewer
+    only for a quick check); ``model`` is ``toy`` (the bundled model) or a toy-model
+    folder (default ``toy-v2``, the world-v2 model the demo's clips come from). Returns the paths written (mp4s; gifs sit beside them), the motion score (mean
     trajectory cosine of the results vs the reference's true motion), the same score without
     an embedding, per-target scores and the seconds spent; a human-readable line
     ``motion score (trajectory cosine)`` summarises both scores.
@@ -87,22 +104,21 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reference, targets = pick_demo_clips(seed)
-    num_frames = reference.video.shape[0]
     pipe = models.load_pipeline(model, "cpu", torch.float32)
+    reference, targets = pick_demo_clips(seed, *bench.model_geometry(pipe))
+    num_frames = reference.video.shape[0]
     t_loaded = time.perf_counter()
 
     config = InversionConfig(seed=seed) if steps is None else InversionConfig(steps=steps, seed=seed)
     embedding_path = out / "motion.safetensors"
     result = invert(pipe, reference.video, config, output=embedding_path, progress=progress,
-                    reference_name=f"toy demo clip (seed {reference.meta['seed']}, {reference.motion})")
+                    reference_name=f"toy demo clip (seed {reference.seed}, {reference.motion})")
     t_inverted = time.perf_counter()
 
     images = [vio.tensor_to_images(t.video[0])[0] for t in targets]
     image_tensors = [vio.image_to_tensor(im) for im in images]
-    steps_gen = GenerationConfig().steps  # SVD's 25
-    videos = bench.generate(pipe, images, result.embedding, steps=steps_gen, seed=seed)
-    baseline = bench.generate(pipe, images, None, steps=steps_gen, seed=seed)
+    videos = bench.generate(pipe, images, result.embedding, steps=gen_steps, seed=seed)
+    baseline = bench.generate(pipe, images, None, steps=gen_steps, seed=seed)
     t_generated = time.perf_counter()
 
     scores = [metrics.score_video(v, reference, t, img) for v, t, img in zip(videos, targets, image_tensors)]
@@ -113,17 +129,24 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     summary: dict = {"out_dir": out}
     up_ref = vio.upscale_nearest(vio.tensor_to_images(reference.video), UPSCALE)
     summary["reference"] = _write_both(up_ref, out / "reference.mp4")
-    up_results = []
-    for i, (img, vid) in enumerate(zip(images, videos)):
+    up_results, up_base = [], []
+    for i, (img, vid, bvid) in enumerate(zip(images, videos, baseline)):
         path = out / f"target_{i}.png"
         with atomic_write(path) as tmp:
             vio.upscale_nearest([img], UPSCALE)[0].save(tmp)
         summary[f"target_{i}"] = path
         up_results.append(vio.upscale_nearest(vio.tensor_to_images(vid), UPSCALE))
         summary[f"result_{i}"] = _write_both(up_results[-1], out / f"result_{i}.mp4")
-    rows = [up_ref, *up_results]
-    grid_gif = vio.write_video(vio.make_grid(rows), out / "grid.gif", fps=FPS)
-    strip = vio.make_grid([[im] for row in rows for im in row], columns=num_frames)[0]
+        up_base.append(vio.upscale_nearest(vio.tensor_to_images(bvid), UPSCALE))
+        summary[f"baseline_{i}"] = vio.write_video(up_base[-1], out / f"baseline_{i}.gif", fps=FPS)
+    cells = [v for b, r in zip(up_base, up_results) for v in (up_ref, b, r)]
+    grid_gif = vio.write_video(vio.make_grid(cells, columns=3), out / "grid.gif", fps=FPS)
+    cell = up_ref[0].width
+    strip_rows = [[bench._label(f"reference\n{reference.motion}", cell), *up_ref]]
+    for i, (b, r) in enumerate(zip(up_base, up_results)):
+        strip_rows.append([bench._label(f"target {i}\nstock model", cell), *b])
+        strip_rows.append([bench._label(f"target {i}\nlearned", cell), *r])
+    strip = vio.make_grid([[im] for row in strip_rows for im in row], columns=num_frames + 1)[0]
     grid_png = out / "grid.png"
     with atomic_write(grid_png) as tmp:
         strip.save(tmp)

@@ -3,11 +3,13 @@
 Used by the benchmark (:mod:`reenact.toy.bench`), the demo and the convergence benchmark. Each
 metric is the toy stand-in for one of the paper's (docs/METHOD.md, "Evaluation"):
 
-* **trajectory cosine** (:func:`motion_metrics`): cosine between the reference's true
-  displacement sequence (frames 1..F-1, image units, flattened) and the result's tracked one --
-  the paper's SSv2 feature cosine;
-* **direction accuracy**: at the frame k* where the reference is displaced most, the result's
-  displacement is within :data:`DIRECTION_TOLERANCE_DEG` of the reference's;
+* **trajectory cosine** (:func:`motion_metrics`): cosine between the reference's true motion
+  signal (:func:`true_motion`, frames 1..F-1, flattened) and the result's measured one
+  (:func:`measured_motion`): the object's displacement tracked by its colour for object motions,
+  the global camera shift (pan) or log scale (zoom) found by brute-force search against frame 0
+  for camera motions -- the paper's SSv2 feature cosine;
+* **direction accuracy**: at the frame k* where the reference moves most, the result's motion is
+  within :data:`DIRECTION_TOLERANCE_DEG` of the reference's (a zoom: in vs out);
 * **magnitude ratio**: |result disp(k*)| / |reference disp(k*)|;
 * **first-frame PSNR** (:func:`first_frame_psnr`): is the target's appearance kept (the paper's
   first-frame CLIP similarity);
@@ -17,6 +19,7 @@ metric is the toy stand-in for one of the paper's (docs/METHOD.md, "Evaluation")
 from __future__ import annotations
 
 import math
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +31,9 @@ __all__ = [
     "MIN_COLOR_DISTANCE",
     "DIRECTION_TOLERANCE_DEG",
     "color_distance",
+    "motion_kind",
+    "true_motion",
+    "measured_motion",
     "trajectory",
     "motion_metrics",
     "first_frame_psnr",
@@ -36,8 +42,9 @@ __all__ = [
 ]
 
 #: a target's object colour must be at least this far (RGB, [-1, 1] units) from the reference's,
-#: so that leakage of the reference's appearance is visible and measurable
-MIN_COLOR_DISTANCE = 0.5
+#: and every pixel of the target's background too, so that leakage of the reference's appearance
+#: is visible and measurable (the world's own contrast, ``world.MIN_CONTRAST``)
+MIN_COLOR_DISTANCE = world.MIN_CONTRAST
 #: direction accuracy: angle at the reference's largest displacement within this many degrees
 DIRECTION_TOLERANCE_DEG = 45.0
 _EPS = 1e-9
@@ -47,17 +54,54 @@ def color_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
 
 
-def trajectory(video: torch.Tensor, object_color: np.ndarray, background_color: np.ndarray) -> np.ndarray:
-    """Tracked displacement of the object from frame 0, ``(F, 2)`` in image units."""
-    centres, _ = world.track(video, object_color, background_color)
+def motion_kind(motion: str) -> str:
+    """What a motion moves: ``object`` (tracked by colour), or the camera (``pan``, ``zoom``)."""
+    return motion if motion in world.CAMERA_MOTIONS else "object"
+
+
+def true_motion(clip: world.Clip, indices: Sequence[int] | None = None) -> np.ndarray:
+    """The motion signal of a clip at frames ``indices``, relative to the first of them.
+
+    Object motions: the object's image displacement (F, 2) in image units; pan: the camera
+    shift (F, 2) in image units; zoom: the log camera scale (F, 1). Image units make a 64x64
+    clip and its 32x32 reading comparable.
+    """
+    idx = np.arange(clip.video.shape[0]) if indices is None else np.asarray(indices)
+    h, w = clip.video.shape[-2:]
+    unit = np.array([w, h], dtype=np.float64)
+    kind = motion_kind(clip.motion)
+    if kind == "pan":
+        sig = clip.camera_shift[idx] / unit
+    elif kind == "zoom":
+        sig = np.log(clip.camera_scale[idx])[:, None]
+    else:
+        sig = clip.centers[idx] / unit
+    return sig - sig[:1]
+
+
+def measured_motion(video: torch.Tensor, kind: str, object_color: np.ndarray) -> np.ndarray:
+    """The same signal as :func:`true_motion`, measured on a generated video ``(F, 3, H, W)``."""
     h, w = video.shape[-2:]
-    return (centres - centres[:1]) / np.array([w, h], dtype=np.float64)
+    unit = np.array([w, h], dtype=np.float64)
+    if kind == "pan":
+        return world.estimate_camera(video, "pan") / unit
+    if kind == "zoom":
+        return world.estimate_camera(video, "zoom")
+    centres, _ = world.track_by_color(video, object_color)
+    return (centres - centres[:1]) / unit
+
+
+def trajectory(video: torch.Tensor, object_color: np.ndarray, background_color: np.ndarray | None = None) -> np.ndarray:
+    """Tracked displacement of the object from frame 0, ``(F, 2)`` in image units (by its colour;
+    ``background_color`` is not needed any more and ignored)."""
+    return measured_motion(video, "object", object_color)
 
 
 def motion_metrics(ref_disp: np.ndarray, res_disp: np.ndarray) -> dict:
-    """Trajectory cosine, direction check and magnitude ratio of two ``(F, 2)`` displacements.
+    """Trajectory cosine, direction check and magnitude ratio of two ``(F, k)`` motion signals.
 
-    A result that does not move at all gets cosine 0 and angle 180 (it has no direction).
+    A result that does not move at all gets cosine 0 and angle 180 (it has no direction). For a
+    zoom (k = 1) the direction is in or out: angle 0 or 180.
     """
     a, b = ref_disp[1:].ravel(), res_disp[1:].ravel()
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
@@ -83,37 +127,44 @@ def first_frame_psnr(result: torch.Tensor, image: torch.Tensor) -> float:
     return psnr(result[0], image)
 
 
-def leak_free(result: torch.Tensor, target: world.Clip, reference_color: np.ndarray) -> tuple[bool, int]:
-    """No appearance leakage: in every frame the object's colour is the target's, not the reference's.
+def leak_free(result: torch.Tensor, target_color: np.ndarray, reference_color: np.ndarray) -> tuple[bool, int]:
+    """No appearance leakage: in every frame the object is drawn in the target's colour.
 
-    The object's pixels are those farther from the target's background colour than half the
-    target's object-background distance; their mean colour must be closer to the target's object
-    colour than to the reference's. A frame without such pixels (the object vanished) fails.
-    Returns ``(ok, number of failing frames)``.
+    Pixels within half the world's contrast of a colour count as that colour (the two colours
+    and every target background pixel are at least ``MIN_COLOR_DISTANCE`` apart, so the counts
+    do not overlap); a frame fails when it has no target-coloured pixel (the object vanished) or
+    at least as many reference-coloured ones. Returns ``(ok, number of failing frames)``.
     """
     v = result.detach().float().cpu()
-    bg = torch.as_tensor(target.background_color, dtype=torch.float32)[:, None, None]
-    obj = torch.as_tensor(target.object_color, dtype=torch.float32)
-    ref = torch.as_tensor(reference_color, dtype=torch.float32)
-    threshold = 0.5 * float(torch.linalg.norm(obj - bg[:, 0, 0]))
+    radius = MIN_COLOR_DISTANCE / 2
+    tgt = torch.as_tensor(target_color, dtype=torch.float32)[:, None, None]
+    ref = torch.as_tensor(reference_color, dtype=torch.float32)[:, None, None]
     failing = 0
     for frame in v:
-        mask = torch.linalg.norm(frame - bg, dim=0) > threshold
-        if not bool(mask.any()):
-            failing += 1
-            continue
-        colour = frame[:, mask].mean(1)
-        if not torch.linalg.norm(colour - obj) < torch.linalg.norm(colour - ref):
+        n_tgt = int((torch.linalg.norm(frame - tgt, dim=0) < radius).sum())
+        n_ref = int((torch.linalg.norm(frame - ref, dim=0) < radius).sum())
+        if n_tgt == 0 or n_ref >= n_tgt:
             failing += 1
     return failing == 0, failing
 
 
-def score_video(result: torch.Tensor, reference: world.Clip, target: world.Clip,
+class ScoredReference(Protocol):
+    """What scoring needs of a reference (``bench.Reference``): its true motion signal, the kind
+    of motion, and the clip (for its object colour)."""
+
+    truth: np.ndarray
+    clip: world.Clip
+
+    @property
+    def kind(self) -> str: ...
+
+
+def score_video(result: torch.Tensor, reference: ScoredReference, target: world.Clip,
                 target_image: torch.Tensor) -> dict:
     """All metrics of one generated video ``(F, 3, H, W)`` in [-1, 1]."""
-    res_disp = trajectory(result, target.object_color, target.background_color)
-    out = motion_metrics(reference.displacements, res_disp)
-    ok, failing = leak_free(result, target, reference.object_color)
+    res = measured_motion(result, reference.kind, target.object_color)
+    out = motion_metrics(reference.truth, res)
+    ok, failing = leak_free(result, target.object_color, reference.clip.object_color)
     out.update(first_frame_psnr=first_frame_psnr(result, target_image), no_leak=ok,
-               leak_frames=failing, result_displacements=np.round(res_disp, 5).tolist())
+               leak_frames=failing, result_motion=np.round(res, 5).tolist())
     return out

@@ -403,13 +403,15 @@ def _fit_object(path: np.ndarray, shift: np.ndarray, scale: np.ndarray, size: fl
 def make_scene_clip(seed: int, num_frames: int = 8, height: int = 32, width: int = 32, *, motion: str | None = None,
                     shape: str | None = None, background: str | None = None,
                     extent_range: tuple[float, float] = (0.2, 0.45),
-                    size_range: tuple[float, float] = SIZE_RANGE_V2) -> SceneClip:
+                    size_range: tuple[float, float] = SIZE_RANGE_V2,
+                    object_color: np.ndarray | None = None) -> SceneClip:
     """A v2 clip, fully determined by ``seed`` (and any fixed choices).
 
     Object motions move the object over a still camera; camera motions (``pan``, ``zoom``, always
     on a textured scene, where they are visible) move the camera over a still object. A path or
     camera motion too large for the object is shrunk until the object stays in every frame, and
-    the clip records what was rendered.
+    the clip records what was rendered. A fixed ``object_color`` redraws the background until
+    every background pixel is at least ``MIN_CONTRAST`` from it (the benchmark's colour slice).
     """
     rng = np.random.default_rng(seed)
     motion = motion or MOTIONS_V2[rng.integers(len(MOTIONS_V2))]
@@ -442,7 +444,11 @@ def make_scene_clip(seed: int, num_frames: int = 8, height: int = 32, width: int
     while True:  # the object colour must contrast with every background pixel
         bg_ss = _background_frames(rng, background, shift, scale, height, width)
         bg = F.avg_pool2d(bg_ss, SUPERSAMPLE)
-        obj = _object_color(rng, bg)
+        if object_color is None:
+            obj = _object_color(rng, bg)
+        else:
+            near = (bg.permute(1, 0, 2, 3).reshape(3, -1).T.double() - torch.as_tensor(object_color)).norm(dim=1)
+            obj = np.asarray(object_color, dtype=np.float64) if float(near.min()) >= MIN_CONTRAST else None
         if obj is not None:
             break
     inside = _shape_masks(shape, sizes, centers, height, width)
@@ -457,3 +463,83 @@ def make_scene_clip(seed: int, num_frames: int = 8, height: int = 32, width: int
 def make_scene_batch(seed: int, batch: int, num_frames: int = 8, height: int = 32, width: int = 32) -> list[SceneClip]:
     """``batch`` independent v2 training clips from one step's seed."""
     return [make_scene_clip(seed * 1000 + i, num_frames, height, width) for i in range(batch)]
+
+
+# ==============================================================================================
+# Measuring motion in generated v2 videos. The background is not one colour any more (gradients,
+# textures), so the object is found by its own colour: every background pixel is at least
+# MIN_CONTRAST from it by construction. A camera motion moves the whole frame, so it is measured
+# as the global shift or scale that best maps frame 0 onto each frame.
+# ==============================================================================================
+
+def track_by_color(video: torch.Tensor, object_color: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Object centre (F, 2, pixels) and coverage (F,) by distance to the known object colour.
+
+    A pixel's weight falls linearly from 1 at the object colour to 0 at ``MIN_CONTRAST`` from it
+    (where no background pixel is closer), so edge pixels count partly and the background not at
+    all; the centre is the weighted mean position.
+    """
+    v = video.detach().float().cpu()
+    obj = torch.as_tensor(object_color, dtype=torch.float32)[:, None, None]
+    weight = (1 - torch.linalg.norm(v - obj, dim=1) / MIN_CONTRAST).clamp(0, 1)
+    _, h, w = weight.shape
+    ys = torch.arange(h, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, dtype=torch.float32) + 0.5
+    mass = weight.sum((1, 2)).clamp_min(1e-6)
+    cx = (weight.sum(1) * xs).sum(1) / mass
+    cy = (weight.sum(2) * ys).sum(1) / mass
+    return torch.stack([cx, cy], 1).numpy().astype(np.float64), mass.numpy()
+
+
+def _warp_errors(video: torch.Tensor, shifts: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """(F, K) mean squared error between each frame and frame 0 seen through K cameras.
+
+    Camera k maps frame-0 point x to ``exp(log_scales[k]) * (x - m) + m + shifts[k]``; pixels that
+    come from outside frame 0 are left out of the mean.
+    """
+    v = video.detach().float().cpu()
+    f, _, h, w = v.shape
+    ys = torch.arange(h, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, dtype=torch.float32) + 0.5
+    m = torch.tensor([w / 2, h / 2])
+    sc = torch.exp(log_scales)[:, None, None]
+    sx = (xs[None, None, :] - m[0] - shifts[:, 0, None, None]) / sc + m[0]  # (K, 1, W)
+    sy = (ys[None, :, None] - m[1] - shifts[:, 1, None, None]) / sc + m[1]  # (K, H, 1)
+    k = len(shifts)
+    sx, sy = sx.expand(k, h, w), sy.expand(k, h, w)
+    grid = torch.stack([sx / w * 2 - 1, sy / h * 2 - 1], -1)
+    valid = ((sx > 0.5) & (sx < w - 0.5) & (sy > 0.5) & (sy < h - 0.5)).float()  # (K, H, W)
+    warped = F.grid_sample(v[:1].expand(k, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)  # (K, 3, H, W)
+    diff = ((v[:, None] - warped[None]) ** 2).sum(2)  # (F, K, H, W)
+    return (diff * valid[None]).sum((2, 3)) / valid.sum((1, 2)).clamp_min(1.0)[None]
+
+
+def estimate_camera(video: torch.Tensor, kind: str) -> np.ndarray:
+    """The camera motion of a video relative to frame 0, by brute-force search.
+
+    ``kind="pan"``: (F, 2) shift in pixels (a 1-pixel grid over +-60 % of the frame, then a
+    1/8-pixel grid around the best); ``kind="zoom"``: (F, 1) natural log of the scale about the
+    frame centre (a 0.01 grid over +-0.8). Frame 0 is the identity.
+    """
+    f, _, h, w = video.shape
+    if kind == "pan":
+        r = int(math.ceil(0.6 * max(h, w)))
+        g = torch.arange(-r, r + 1, dtype=torch.float32)
+        coarse = torch.cartesian_prod(g, g)
+        err = _warp_errors(video, coarse, torch.zeros(len(coarse)))
+        best = coarse[err.argmin(1)]  # (F, 2)
+        fine = torch.cartesian_prod(*(torch.arange(-8, 9, dtype=torch.float32) / 8,) * 2)
+        out = np.zeros((f, 2))
+        for i in range(1, f):
+            cand = best[i] + fine
+            e = _warp_errors(video[[0, i]], cand, torch.zeros(len(cand)))[1]
+            out[i] = cand[e.argmin()].numpy()
+        return out
+    if kind == "zoom":
+        grid = torch.arange(-80, 81, dtype=torch.float32) / 100
+        err = _warp_errors(video, torch.zeros(len(grid), 2), grid)
+        out = grid[err.argmin(1)].numpy().astype(np.float64)[:, None]
+        out[0] = 0.0
+        return out
+    raise ValueError(f"unknown camera motion {kind!r}; choose from {CAMERA_MOTIONS}")
