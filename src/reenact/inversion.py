@@ -159,11 +159,11 @@ class InversionConfig:
     sets: str = setting(
         "per-frame", "per-frame: F+1 distinct sets; shared: one set for all (the paper's F'=1 "
         "ablation)", choices=SETS, group=_EMB, source="paper: per-frame")
-    shared_steps: int = setting(
-        0, "per-frame sets: optimise them tied, as one shared set, for the first K steps, then "
-        "untie them from that shared solution (coarse to fine; 0 = off)", low=0, high=10**6,
-        group=_EMB, source="paper: off; issue 7 item 4 (F+1 free sets drift off the "
-        "one-token-per-clip manifold the toy model was trained on), measured in docs/RESULTS.md")
+    frame_lr: float = setting(
+        1.0, "per-frame sets: learn them as a common set (at --lr) plus one offset per set at "
+        "--lr x this ratio (1 = the paper's F+1 independent sets; 0 = offsets frozen at their "
+        "initial values)", low=0.0, high=1.0, group=_EMB,
+        source="paper: independent sets (1); issue 7 item 4, measured in docs/RESULTS.md")
     init: str = setting(
         "clip", "clip: the frames' CLIP embeddings; random / zeros for ablations (zeros: the N "
         "tokens of a set get identical gradients and stay identical)", choices=INITS, group=_EMB,
@@ -422,7 +422,7 @@ class InversionState:
     generator: torch.Generator | None  # the per-step sampling stream (None on "meta": no RNG there)
     num_frames: int
     lr_scale: float = 1.0  # the initial embedding's RMS with lr_relative, else 1
-    shared_steps: int = 0  # InversionConfig.shared_steps: sets tied while step < this
+    offsets: torch.nn.Parameter | None = None  # (F+1, N, d) with frame_lr < 1; param is then (1, N, d)
     step: int = 0
     log: LossLog = field(default_factory=LossLog)
 
@@ -430,30 +430,32 @@ class InversionState:
     def create(cls, init: torch.Tensor, config: InversionConfig, num_frames: int,
                device: torch.device, half_precision: bool) -> InversionState:
         """A fresh state from the initial embedding ``init`` (see :func:`initial_embedding`)."""
-        param = torch.nn.Parameter(init.detach().float().to(device).clone())  # never alias `init`
-        if config.optimizer == "adamw":  # weight decay forced to 0: see InversionConfig.optimizer
-            optimizer = torch.optim.AdamW([param], lr=config.lr, weight_decay=0.0)
+        init = init.detach().float().to(device)
+        offsets = None
+        if init.shape[0] > 1 and config.frame_lr < 1.0:  # common set + per-set offsets
+            param = torch.nn.Parameter(init.mean(0, keepdim=True))
+            offsets = torch.nn.Parameter(init - param.detach())
+            groups = [{"params": [param]}, {"params": [offsets], "lr_ratio": config.frame_lr}]
         else:
-            optimizer = torch.optim.Adam([param], lr=config.lr)
+            param = torch.nn.Parameter(init.clone())  # never alias `init`
+            groups = [{"params": [param]}]
+        if config.optimizer == "adamw":  # weight decay forced to 0: see InversionConfig.optimizer
+            optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+        else:
+            optimizer = torch.optim.Adam(groups, lr=config.lr)
         scaler = torch.amp.GradScaler(device.type, enabled=half_precision)
         generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(config.seed + 3)
         lr_scale = float(init.float().pow(2).mean().sqrt()) if config.lr_relative else 1.0
-        return cls(param, optimizer, scaler, generator, num_frames, lr_scale, config.shared_steps)
+        return cls(param, optimizer, scaler, generator, num_frames, lr_scale, offsets)
 
     def sets(self) -> torch.Tensor:
-        """The embedding as the model sees it, (F+1, N, d); "shared" expands its single set, and
-        per-frame sets still tied (``step < shared_steps``) are their mean, expanded."""
+        """The embedding as the model sees it, (F+1, N, d): "shared" expands its single set;
+        with ``frame_lr < 1`` the sets are the common set plus their offsets."""
+        if self.offsets is not None:
+            return self.param + self.offsets
         if self.param.shape[0] == 1:
             return self.param.expand(self.num_frames + 1, -1, -1)
-        if self.step < self.shared_steps:  # F+1 identical gradients: one shared set in effect
-            return self.param.mean(0, keepdim=True).expand(self.num_frames + 1, -1, -1)
         return self.param
-
-    def untie_if_due(self) -> None:
-        """At ``step == shared_steps``, every per-frame set starts from the shared solution."""
-        if self.param.shape[0] > 1 and self.shared_steps and self.step == self.shared_steps:
-            with torch.no_grad():
-                self.param.copy_(self.param.mean(0, keepdim=True).expand_as(self.param))
 
     def embedding(self, metadata: dict) -> MotionEmbedding:
         """A detached copy as a :class:`MotionEmbedding`, with the run's progress in its metadata."""
@@ -462,13 +464,17 @@ class InversionState:
 
     def is_finite(self) -> bool:
         return bool(self.log.losses) and math.isfinite(self.log.losses[-1]) and bool(
-            torch.isfinite(self.param).all())
+            torch.isfinite(self.sets()).all())
 
     def state_dict(self) -> dict:
         return {
             "step": self.step,
             "lr_scale": self.lr_scale,
-            "embedding": self.param.detach().cpu().clone(),
+            # the sets as learned so far (what a resumed run is created from), and for
+            # frame_lr < 1 its two exact parts (a sum does not split back bit for bit)
+            "embedding": (self.param if self.offsets is None else self.sets()).detach().cpu().clone(),
+            "common": None if self.offsets is None else self.param.detach().cpu().clone(),
+            "offsets": None if self.offsets is None else self.offsets.detach().cpu().clone(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": self.generator.get_state(),
@@ -478,7 +484,11 @@ class InversionState:
 
     def load_state_dict(self, d: dict) -> None:
         with torch.no_grad():
-            self.param.copy_(d["embedding"].to(self.param.device))
+            if self.offsets is None:
+                self.param.copy_(d["embedding"].to(self.param.device))
+            else:
+                self.param.copy_(d["common"].to(self.param.device))
+                self.offsets.copy_(d["offsets"].to(self.offsets.device))
         self.optimizer.load_state_dict(copy.deepcopy(d["optimizer"]))  # never alias another state
         if self.scaler.is_enabled() and d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
@@ -538,7 +548,7 @@ def step(unet: torch.nn.Module, state: InversionState, latents: ReferenceLatents
     tensor (not synchronised; ``.item()`` it to log).
     """
     for group in state.optimizer.param_groups:
-        group["lr"] = lr_at(state.step, config) * state.lr_scale
+        group["lr"] = lr_at(state.step, config) * state.lr_scale * group.get("lr_ratio", 1.0)
     x0, sigma, x_s, cond, time_ids = sample_batch(latents, config, state.generator)
     context = flatten_embedding(state.sets()).expand(config.batch_size, -1, -1)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
@@ -551,7 +561,6 @@ def step(unet: torch.nn.Module, state: InversionState, latents: ReferenceLatents
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.step += 1
-    state.untie_if_due()
     return loss
 
 

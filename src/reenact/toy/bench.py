@@ -32,9 +32,9 @@ Every summary reports each slice and names the worst, not only the mean.
 Configurations (``--configs``; the paper's F' x N ablation plus the stock model and an oracle):
 ``a`` stock image-to-video (no motion embedding: the model's CLIP embedding of the target),
 ``b`` one shared set N=1, ``c`` one shared set N=5, ``d`` F+1 sets N=1, ``e`` F+1 sets N=5 (the
-paper's default), ``f`` as ``e`` but tied into one shared set for the first half of the steps
-(``InversionConfig.shared_steps``, issue 7 item 4), and optionally ``o``, the *oracle*: the toy model's own training context for the
-true motion (``motion_code.safetensors`` of the model folder), one token, all sets equal -- an upper
+paper's default embedding, optimised with the library's default ``frame_lr``), ``p`` F+1 sets N=5
+optimised as the paper does, as independent sets (``frame_lr=1``; issue 7 item 4), and optionally
+``o``, the *oracle*: the toy model's own training context for the true motion (``motion_code.safetensors`` of the model folder), one token, all sets equal -- an upper
 bound on what the model can do with any embedding. ``a`` and ``o`` need no inversion.
 
 Pairing: within a reference every configuration uses the same inversion seed and the same
@@ -92,7 +92,7 @@ class ConfigSpec:
     description: str
     sets: str | None = None
     tokens: int | None = None
-    shared_fraction: float = 0.0  # InversionConfig.shared_steps as a fraction of the steps
+    frame_lr: float | None = None  # InversionConfig.frame_lr (None: the default)
 
 
 CONFIGS: dict[str, ConfigSpec] = {
@@ -101,7 +101,7 @@ CONFIGS: dict[str, ConfigSpec] = {
     "c": ConfigSpec("one shared set, N=5", "shared", 5),
     "d": ConfigSpec("F+1 sets, N=1", "per-frame", 1),
     "e": ConfigSpec("F+1 sets, N=5 (paper default)", "per-frame", 5),
-    "f": ConfigSpec("F+1 sets, N=5, shared for the first half (--shared-steps)", "per-frame", 5, 0.5),
+    "p": ConfigSpec("F+1 independent sets, N=5 (the paper's optimisation: --frame-lr 1)", "per-frame", 5, 1.0),
     "o": ConfigSpec("oracle: the model's training context for the true motion"),
 }
 DEFAULT_CONFIGS = "a,b,c,d,e"
@@ -344,8 +344,9 @@ class BenchSettings:
     reconstruct: bool = True  # the reconstruct diagnostic per reference and inverted config
 
     def inversion_config(self, spec: ConfigSpec, seed: int) -> InversionConfig:
+        frame_lr = self.inversion.frame_lr if spec.frame_lr is None else spec.frame_lr
         return dataclasses.replace(self.inversion, sets=spec.sets, tokens=spec.tokens, seed=seed,
-                                   shared_steps=int(spec.shared_fraction * self.inversion.steps))
+                                   frame_lr=frame_lr)
 
 
 @dataclass
