@@ -60,6 +60,11 @@ SVD = Profile(
         "lr": Override(1e-2, "with --lr-relative: 1e-2 x the initial embedding's RMS; the toy's "
                              "best 5e-2 reaches its plateau in ~60 steps, 1e-2 in ~480 (8x): "
                              "well inside 1000 steps and gentler on a 1.5 B-parameter model"),
+        "init": Override("clip", "patent claim 3: initialised from the CLIP image embeddings "
+                                 "of the reference frames (SVD's own conditioning; the toy's "
+                                 "CLIP encoder is untrained, hence its other default)"),
+        "frame_lr": Override(1.0, "paper: F+1 independent sets; the toy's 0.1 (common set + "
+                                  "slower offsets) was not measured on SVD"),
         "lr_relative": Override(True, "Adam's step is absolute per element, so the lr is scaled "
                                       "to the scale of SVD's CLIP embeddings (the toy's are ~1)"),
         "log_sigma_mean": Override(2.8, "public reimplementation on SVD: ln s ~ N(2.8, 1.6^2), "
