@@ -239,6 +239,30 @@ def test_the_benchmark_runs_end_to_end(trained, tmp_path, capsys):
         assert (tmp_path / name).is_file()
 
 
+def test_shards_merge_into_the_run_they_split(trained, tmp_path, capsys):
+    """--shard K/N runs the plan's references i with i % N == K (same seeds as a whole run);
+    --merge combines finished shards into one results.json, and refuses mismatched ones."""
+    out, _ = trained
+    common = ["--model", str(out), "--refs", "3", "--targets", "1", "--steps", "2", "--gen-steps", "2",
+              "--configs", "a,e", "--threads", "1", "--examples", "0", "--no-reconstruct"]
+    whole, parts = tmp_path / "whole", [tmp_path / "s0", tmp_path / "s1"]
+    assert bench.main([*common, "--out", str(whole)]) == 0
+    for k, part in enumerate(parts):
+        assert bench.main([*common, "--shard", f"{k}/2", "--out", str(part)]) == 0
+    assert bench.main(["--merge", *map(str, parts), "--out", str(tmp_path / "merged")]) == 0
+    torch.set_num_threads(1)
+    one = json.loads((whole / "results.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    key = lambda r: (r["ref"], r["config"], r["target"])  # noqa: E731
+    assert merged["complete"] and sorted(map(key, merged["records"])) == sorted(map(key, one["records"]))
+    for a, b in zip(sorted(one["records"], key=key), sorted(merged["records"], key=key)):
+        assert a["target_seed"] == b["target_seed"] and a["trajectory_cosine"] == pytest.approx(b["trajectory_cosine"], abs=1e-6)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a shard twice: overlapping references
+        bench.main(["--merge", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "bad")])
+    assert "overlap" in capsys.readouterr().err
+
+
 def test_the_oracle_is_the_training_context(trained):
     out, _ = trained
     ref = world.make_scene_clip(5)

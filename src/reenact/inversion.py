@@ -160,20 +160,18 @@ class InversionConfig:
         "per-frame", "per-frame: F+1 distinct sets; shared: one set for all (the paper's F'=1 "
         "ablation)", choices=SETS, group=_EMB, source="paper: per-frame")
     frame_lr: float = setting(
-        0.1, "per-frame sets: learn them as a common set (at --lr) plus one offset per set at "
+        1.0, "per-frame sets: learn them as a common set (at --lr) plus one offset per set at "
         "--lr x this ratio (1 = the paper's F+1 independent sets; 0 = offsets frozen at their "
         "initial values)", low=0.0, high=1.0, group=_EMB,
-        source="toy world-v2 model, benchmarks/toy_variants.py (docs/RESULTS.md): 0.1 scored above 1 "
-        "with both initialisations (clip 0.50 vs 0.24 over 6 references, random 0.29 vs 0.22 over 8; "
-        "Adam moves every element ~lr per step, so F+1 sets with 1/(F+1) of the signal each drift)")
+        source="paper: independent sets; the toy-v2 profile measures 0.1 better (Adam moves every "
+        "element ~lr per step, so F+1 sets with 1/(F+1) of the signal each drift more)")
     init: str = setting(
-        "random", "clip: the frames' CLIP embeddings (the paper's); random: N(0, init-noise-std^2), "
+        "clip", "clip: the frames' CLIP embeddings (the paper's); random: N(0, init-noise-std^2), "
         "i.e. the null context (zeros, SVD's unconditional embedding) plus noise that makes the N "
         "tokens differ; zeros: exactly null (the N tokens then stay identical)", choices=INITS,
         group=_EMB,
-        source="toy: its CLIP encoder is random and untrained, so its CLIP embeddings are "
-        "nothing its UNet was trained on; one shared set from it scored 0.57 vs 0.37 from clip "
-        "on 8 references (benchmarks/toy_variants.py, docs/RESULTS.md); SVD: clip, by its profile")
+        source="patent claim 3: initialised from CLIP image embeddings of the reference frames "
+        "(the toy-v2 profile uses random: its CLIP encoder is untrained)")
     init_noise_std: float = setting(
         0.1, "noise making the N copies of a token differ, relative to the CLIP embeddings' std "
         "(random: the absolute std)", low=0.0, high=10.0, group=_EMB, source="no source")

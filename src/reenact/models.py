@@ -34,6 +34,7 @@ __all__ = [
     "model_configs",
     "native_geometry",
     "is_svd_family",
+    "bundled_name",
     "load_pipeline",
 ]
 
@@ -67,6 +68,17 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def toy_model_dir(name: str = TOY_MODEL) -> Path:
     """Folder of the bundled model ``name`` (``toy`` or ``toy-v2``; it may not have been trained yet)."""
     return Path(__file__).resolve().parent / "toy" / BUNDLED_MODELS[name]
+
+
+def bundled_name(model: str) -> str | None:
+    """The bundled model ``model`` is (by name, or a path to its folder), else None."""
+    if model in BUNDLED_MODELS:
+        return model
+    try:
+        path = Path(model).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return next((name for name in BUNDLED_MODELS if toy_model_dir(name).resolve() == path), None)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from reenact import models
+from reenact import models, profiles
 from reenact import video as vio
 from reenact.embedding import MotionEmbedding
 from reenact.errors import ConfigError
@@ -378,7 +378,8 @@ def run_benchmark(pipe, references: list[Reference], targets: list[list[world.Cl
     reconstruct each reference with every inverted embedding (``settings.reconstruct``)."""
     run = BenchRun()
     t0 = time.perf_counter()
-    for i, (ref, tgts) in enumerate(zip(references, targets)):
+    for n, (ref, tgts) in enumerate(zip(references, targets)):
+        i = ref.index  # the plan's index (a --shard runs some of the plan)
         seed = settings.seed + i  # inversion and generation seed, shared by all configs of ref i
         images = [vio.tensor_to_images(t.video[0])[0] for t in tgts]
         image_tensors = [vio.image_to_tensor(im) for im in images]  # what the pipeline was given
@@ -408,12 +409,12 @@ def run_benchmark(pipe, references: list[Reference], targets: list[list[world.Cl
                        **score_video(vid, ref, tgt, img)}
                 run.records.append(rec)
                 scores.append(rec["trajectory_cosine"])
-            if i < settings.keep_videos_for:
+            if i < settings.keep_videos_for:  # the plan's first references, whichever shard runs them
                 run.kept[(i, key)] = videos
             inv = f"inversion {inv_s:.1f} s (loss {loss:.3g}), " if inv_s is not None else ""
             rc = (f", reconstruction PSNR {recon['first_frame_psnr']:.1f} dB cosine {recon['trajectory_cosine']:+.2f}"
                   if recon else "")
-            log(f"[ref {i + 1}/{len(references)} {ref.motion}, {ref.size_class}, {ref.clip.background}, "
+            log(f"[ref {i} ({n + 1}/{len(references)}) {ref.motion}, {ref.size_class}, {ref.clip.background}, "
                 f"{ref.source}] ({key}) {spec.description}: {inv}"
                 f"generation {gen_s:.1f} s, trajectory cosine {np.mean(scores):+.2f}{rc} "
                 f"(elapsed {_hms(time.perf_counter() - t0)})")
@@ -596,7 +597,6 @@ def machine_info() -> dict:
 # --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    d = InversionConfig()
 
     def about(name: str) -> str:  # the library's own help sentence for an inversion setting
         return describe(InversionConfig, name)["help"].replace("%", "%%")
@@ -614,16 +614,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the reconstruct diagnostic (one more generation per reference and config)")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="comma-separated: " + "; ".join(f"{k}: {v.description}" for k, v in CONFIGS.items()))
-    p.add_argument("--steps", type=int, default=d.steps, help="inversion " + about("steps"))
+    model_default = " (default: the model's profile, reenact.profiles)"
+    p.add_argument("--steps", type=int, help="inversion " + about("steps") + model_default)
     p.add_argument("--gen-steps", type=int, default=25, help="Euler denoising steps (SVD default)")
-    p.add_argument("--lr", type=float, default=d.lr, help="inversion " + about("lr"))
-    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
-                   help="inversion learning-rate schedule")
-    p.add_argument("--log-sigma-mean", type=float, default=d.log_sigma_mean,
-                   help="mean of ln sigma of the inversion's noise levels")
-    p.add_argument("--log-sigma-std", type=float, default=d.log_sigma_std,
-                   help="std of ln sigma of the inversion's noise levels")
-    p.add_argument("--init", choices=INITS, default=d.init, help="embedding initialisation")
+    p.add_argument("--lr", type=float, help="inversion " + about("lr") + model_default)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, help="inversion learning-rate schedule" + model_default)
+    p.add_argument("--log-sigma-mean", type=float,
+                   help="mean of ln sigma of the inversion's noise levels" + model_default)
+    p.add_argument("--log-sigma-std", type=float,
+                   help="std of ln sigma of the inversion's noise levels" + model_default)
+    p.add_argument("--init", choices=INITS, help="embedding initialisation" + model_default)
+    p.add_argument("--frame-lr", type=float, help="inversion " + about("frame_lr") + model_default)
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
@@ -632,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--examples", type=int, default=3, help="references drawn as example grids")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only the references whose plan index is K modulo N (N processes or "
+                        "machines in parallel, each with its own --out; then --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="no run: combine the results.json of complete shards of one benchmark into --out")
     return p
 
 
@@ -645,12 +651,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not configs:
         parser.error(f"--configs: unknown {unknown or 'empty'}; choose from {','.join(CONFIGS)}")
     for flag in ("refs", "targets", "steps", "gen_steps", "threads"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.examples < 0:
         parser.error("--examples must be >= 0")
-    torch.set_num_threads(args.threads)
+    shard = _parse_shard(parser, args.shard)
     command = "reenact bench toy " + shlex.join(argv)
+    if args.merge:
+        return _merge(parser, args.merge, args.out, command)
+    torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -663,10 +672,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipe = models.load_pipeline(args.model, args.device, dtype)
     geometry = model_geometry(pipe)  # the clips are made at the model's F x H x W
     references = pick_references(args.refs, *geometry, work_dir=args.out / "references")
+    references = [r for r in references if shard is None or r.index % shard[1] == shard[0]]
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
-    base = dataclasses.replace(InversionConfig(), steps=args.steps, lr=args.lr,
-                               log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std,
-                               init=args.init, lr_schedule=args.lr_schedule)
+    given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
+                                           "init", "frame_lr") if getattr(args, k) is not None}
+    try:
+        base = profiles.inversion_config(args.model, **given)  # `reenact invert`'s defaults for the model
+        base.validate()
+    except ConfigError as e:
+        parser.error(str(e))
     settings = BenchSettings(configs=configs, inversion=base, gen_steps=args.gen_steps, seed=args.seed,
                              model=args.model, keep_videos_for=min(args.examples, args.refs),
                              reconstruct=not args.no_reconstruct)
@@ -690,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return summary
 
     log(f"benchmark: {args.refs} references x {args.targets} targets, configs {','.join(configs)}, "
-        f"{args.steps} inversion steps, {args.gen_steps} generation steps, model {args.model}, "
+        f"{base.steps} inversion steps, {args.gen_steps} generation steps, model {args.model}, "
         f"{torch.get_num_threads()} threads")
     run = run_benchmark(pipe, references, targets, settings, log=log,
                         after_reference=lambda r: save(r, complete=False))
@@ -700,9 +714,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     shown = [k for k in ("a", "e") if k in configs] or [configs[0], configs[-1]]
     example_paths = []
-    for i in range(settings.keep_videos_for):
-        rows = {k: run.kept[(i, k)] for k in dict.fromkeys(shown)}
-        example_paths += write_example(args.out, f"example_{i}", references[i], targets[i], rows)
+    for ref, tgts in zip(references, targets):
+        if (ref.index, shown[0]) in run.kept:
+            rows = {k: run.kept[(ref.index, k)] for k in dict.fromkeys(shown)}
+            example_paths += write_example(args.out, f"example_{ref.index}", ref, tgts, rows)
 
     steps_total = sum(v["steps"] for v in run.inversions)
     per_step = sum(v["seconds"] for v in run.inversions) / steps_total if steps_total else None
@@ -710,9 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `{command}`",
         f"Machine: {info['machine']}, {info['cpu_count']} cores, torch {info['torch']}, "
         f"{info['threads']} threads (load average at start {info['load_average_at_start']}).",
-        f"Model: {args.model}. {args.refs} references x {args.targets} targets; {args.steps} inversion "
-        f"steps (lr {args.lr}, {args.lr_schedule}, ln s ~ N({args.log_sigma_mean}, {args.log_sigma_std}^2), "
-        f"init {args.init}); {args.gen_steps} generation steps. Wall time {_hms(wall)}"
+        f"Model: {args.model} (profile {profiles.profile_for(args.model).name}). {args.refs} references x "
+        f"{args.targets} targets; {base.steps} inversion steps (lr {base.lr}, {base.lr_schedule}, ln s ~ "
+        f"N({base.log_sigma_mean}, {base.log_sigma_std}^2), init {base.init}, frame-lr {base.frame_lr}); "
+        f"{args.gen_steps} generation steps. Wall time {_hms(wall)}"
         + (f"; {1000 * per_step:.0f} ms per inversion step (incl. setup)." if per_step else "."),
     ]
     _write_text(args.out / "table.md", "\n\n".join([table, *notes]) + "\n")
@@ -721,6 +737,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(notes[-1])
     for p in [args.out / "results.json", args.out / "table.md", *example_paths]:
         print(p)
+    return 0
+
+
+def _parse_shard(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        k, n = -1, 0
+    if not 0 <= k < n:
+        parser.error(f"--shard must be K/N with 0 <= K < N (got {text!r})")
+    return k, n
+
+
+#: settings that must agree for shards to be one benchmark
+_SHARD_KEYS = ("refs", "targets", "configs", "gen_steps", "seed", "model", "inversion", "no_reconstruct")
+
+
+def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, command: str) -> int:
+    """Combine complete shards (same settings, disjoint references) into ``out``: results.json
+    (every record, the shards' headers) and table.md, as one run would have written them."""
+    vio.check_writable_dir(out)
+    docs = []
+    for folder in folders:
+        path = folder / "results.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"{path}: not a readable benchmark result ({e}); run the shard first")
+        if not doc.get("complete"):
+            parser.error(f"{path}: that shard has not finished; run it again (or wait) before merging")
+        docs.append(doc)
+    first = {k: docs[0]["settings"].get(k) for k in _SHARD_KEYS}
+    for folder, doc in zip(folders, docs):
+        other = {k: doc["settings"].get(k) for k in _SHARD_KEYS}
+        if other != first:
+            diff = [k for k in _SHARD_KEYS if other[k] != first[k]]
+            parser.error(f"{folder}: a shard of another benchmark (differs in {', '.join(diff)})")
+    seen = [sorted({r["ref"] for r in d["records"]}) for d in docs]
+    if len({i for s in seen for i in s}) != sum(map(len, seen)):
+        parser.error("the shards overlap (a reference was run twice); merge disjoint --shard runs")
+    configs = first["configs"]
+    records = [r for d in docs for r in d["records"]]
+    inversions = [v for d in docs for v in d["inversions"]]
+    summary = summarise(records, inversions, configs)
+    wall = [d["wall_seconds"] for d in docs]
+    doc = {"command": command, "shards": [{"command": d["command"], "machine": d["machine"],
+                                           "wall_seconds": d["wall_seconds"]} for d in docs],
+           "settings": docs[0]["settings"], "complete": sum(map(len, seen)) == first["refs"],
+           "wall_seconds": max(wall), "summary": summary, "inversions": inversions, "records": records}
+    _write_text(out / "results.json", json.dumps(_finite(doc), indent=1, allow_nan=False))
+    notes = [f"Command: `{command}`, merging:"] + [
+        f"- `{d['command']}` on {d['machine']['machine']}, {d['machine']['cpu_count']} cores, "
+        f"{d['machine']['threads']} threads (load average at start {d['machine']['load_average_at_start']}): "
+        f"wall time {_hms(d['wall_seconds'])}" for d in docs]
+    notes.append(f"{sum(map(len, seen))} of {first['refs']} references; shards in parallel: wall time "
+                 f"{_hms(max(wall))} (longest shard)")
+    _write_text(out / "table.md", "\n\n".join([markdown_table(summary), "\n".join(notes)]) + "\n")
+    print(markdown_table(summary))
+    print()
+    print(notes[-1])
     return 0
 
 

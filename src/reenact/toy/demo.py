@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reenact import models
+from reenact import models, profiles
 from reenact import video as vio
 from reenact.files import atomic_write
-from reenact.inversion import InversionConfig, invert
+from reenact.inversion import invert
 from reenact.pipeline import GenerationConfig
 from reenact.toy import bench, metrics, world
 
@@ -109,7 +109,8 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     num_frames = reference.video.shape[0]
     t_loaded = time.perf_counter()
 
-    config = InversionConfig(seed=seed) if steps is None else InversionConfig(steps=steps, seed=seed)
+    # the model's own defaults (reenact.profiles: toy-v2 has measured ones), as `reenact invert`
+    config = profiles.inversion_config(model, seed=seed, **({} if steps is None else {"steps": steps}))
     embedding_path = out / "motion.safetensors"
     result = invert(pipe, reference.video, config, output=embedding_path, progress=progress,
                     reference_name=f"toy demo clip (seed {reference.seed}, {reference.motion})")
