@@ -25,7 +25,7 @@ def flag_rows(sub: argparse.ArgumentParser):
         profiled = getattr(a, "profile_defaults", None)  # set per model profile (reenact.profiles)
         if profiled is not None:
             default = ", ".join(f"{k}: {v}" if v is not None else f"{k}: clip's"
-                                for k, v in profiled.items() if v is not None or k == "svd")
+                                for k, v in profiled.items() if v is not None or k != "toy")
             if len(profiled) == 1:
                 default = "" if profiled["toy"] is None else str(profiled["toy"])
         elif default in (None, argparse.SUPPRESS, [], False) or a.option_strings == []:

@@ -293,20 +293,22 @@ def test_the_demo_writes_everything(trained, tmp_path):
 BUNDLED = (models.toy_model_dir("toy-v2") / "model_index.json").is_file()
 
 
-@pytest.mark.skipif(not BUNDLED, reason="the bundled toy model (src/reenact/toy/model) is not built yet")
+@pytest.mark.skipif(not BUNDLED, reason="the bundled toy model (src/reenact/toy/model_v2) is missing")
 def test_on_the_bundled_model_the_learned_motion_beats_the_stock_model(tmp_path):
-    """The reduced demo (40 inversion steps, 10 Euler steps per generation, one reference: an
-    L-turn; targets on a textured background, a small object, a large one).
+    """The demo with its default inversion (the toy-v2 profile: 80 steps, null-context
+    initialisation, frame_lr 0.1) and 10 Euler steps per generation, on both demo references (an
+    L-turn and an arc; each with a target on a textured background, a small object and a large one).
 
-    Measured when the 32x32 model was bundled (these settings, 1 thread, x86_64): learned -0.39
-    (targets 0.00 / -0.76 / -0.41) vs the stock model's -0.62 (-0.70 / -0.74 / -0.41). The margin
-    is real but the learned motion does not follow the reference yet (issue 7 stays open:
-    docs/RESULTS.md); with the model's own training context the same targets score 1.00 / 0.96 /
-    1.00, so the gap is the inversion's, not the model's or the scoring's.
+    Measured with these settings (x86_64, 1 thread): turn 0.92 (targets 1.00 / 0.77 / 1.00) vs the
+    stock model's -0.62; arc 0.77 (0.31 / 1.00 / 1.00) vs -0.60. The model's own training context
+    scores 0.77 and 0.99 on the same targets (docs/RESULTS.md), so a learned score near 0.8 is
+    what this model allows; the bar asks for a clear lead over the stock model on each reference.
     """
-    summary = demo.run_demo(tmp_path, steps=40, seed=0, progress=False, gen_steps=10)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_FILES)
-    assert summary["motion_score"] > summary["baseline_score"] + 0.1, summary
+    for seed in (0, 1):
+        summary = demo.run_demo(tmp_path / str(seed), seed=seed, progress=False, gen_steps=10)
+        assert sorted(p.name for p in (tmp_path / str(seed)).iterdir()) == sorted(DEMO_FILES)
+        assert summary["motion_score"] >= 0.6, summary
+        assert summary["motion_score"] >= summary["baseline_score"] + 1.0, summary
 
 
 def test_data_workers_render_the_same_stream_as_one_process():

@@ -394,11 +394,14 @@ def _add_setting_flags(p: argparse.ArgumentParser, cls: type, profiled: bool) ->
         else:
             kwargs["type"] = float if "float" in str(f.type) else int
         if profiled:
-            svd = profiles.SVD.overrides.get(f.name)
+            others = [(prof.name, prof.overrides[f.name]) for prof in profiles.PROFILES.values()
+                      if prof is not profiles.TOY and f.name in prof.overrides]
             text = kwargs["help"]
-            if svd is not None:
-                shown = "the clip's" if svd.value is None else svd.value
-                text += _escape(f"; svd profile: {shown} [{svd.source}]; toy profile")
+            for name, o in others:
+                shown = "the clip's" if o.value is None else o.value
+                text += _escape(f"; {name} profile: {shown} [{o.source}]")
+            if others:
+                text += "; toy profile"
             if meta.get("source"):
                 text += _escape(f" [{meta['source']}]")
             if default is not None:
@@ -406,7 +409,7 @@ def _add_setting_flags(p: argparse.ArgumentParser, cls: type, profiled: bool) ->
             kwargs["help"] = text
             kwargs["default"] = None
             action = group.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
-            action.profile_defaults = {"toy": default, **({"svd": svd.value} if svd else {})}
+            action.profile_defaults = {"toy": default, **{name: o.value for name, o in others}}
         else:
             kwargs["help"] = _escape(help_text(f))
             kwargs["default"] = default
@@ -498,8 +501,8 @@ def _add_invert(sub, argv: Sequence[str] | None) -> None:
         description="Motion-textual inversion: optimise a (F+1) x N x d motion embedding so the "
                     "frozen SVD reconstructs VIDEO. Ctrl-C stops; rerun with --resume to "
                     "continue from the last checkpoint. Defaults come from the model's profile: "
-                    f"toy ({profiles.TOY.description}) or svd ({profiles.SVD.description}); "
-                    "each flag lists both, every value can be overridden. "
+                    + "; ".join(f"{p.name} ({p.description})" for p in profiles.PROFILES.values())
+                    + "; each flag lists their values, every value can be overridden. "
                     + _escape(_profile_note(argv)),
     )
     p.add_argument("video", help="reference: a video file, an animated gif or a folder of frames")

@@ -34,6 +34,9 @@ Decisions made here (the paper is silent on them; the knobs are fields of
 * **Randomness**: separate generators seeded from ``config.seed`` for the initialisation,
   the augmentations, the conditioning bank and the per-step sampling, so the precomputed
   banks are identical on resume and only the per-step generator's state needs saving.
+* **Per-frame sets as a common set plus offsets** (``frame_lr`` < 1): the offsets get their
+  own Adam parameter group at ``frame_lr`` x the learning rate; 1 keeps the paper's independent
+  sets (the tensor itself, one group). See docs/METHOD.md.
 * **Learning-rate schedule** is a pure function of the step (:func:`lr_at`), so there is no
   scheduler state to save.
 """
@@ -420,7 +423,7 @@ class InversionState:
     """Everything that changes during a run; :meth:`state_dict` / :meth:`load_state_dict` are
     symmetric, and are the checkpoint (with the config and fingerprints beside them)."""
 
-    param: torch.nn.Parameter  # (F+1, N, d), or (1, N, d) for sets="shared"
+    param: torch.nn.Parameter  # (F+1, N, d); (1, N, d) for sets="shared" or as the common set of frame_lr < 1
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     generator: torch.Generator | None  # the per-step sampling stream (None on "meta": no RNG there)

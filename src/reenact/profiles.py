@@ -88,11 +88,12 @@ TOY_V2 = Profile(
     {
         "init": Override("random", "the toy's CLIP encoder is random and untrained, so its CLIP "
                                    "embeddings are nothing its UNet was trained on; from the null "
-                                   "context one shared set scored 0.57 vs 0.37 from clip on 8 "
-                                   "references"),
+                                   "context one shared set scored 0.57 vs 0.37 from clip (8 "
+                                   "references, benchmarks/toy_variants.py)"),
         "frame_lr": Override(0.1, "scored above the paper's independent sets (1) with both "
-                                  "initialisations: clip 0.50 vs 0.24 over 6 references, random "
-                                  "0.29 vs 0.22 over 8 (the benchmark's table: docs/RESULTS.md)"),
+                                  "initialisations: clip 0.50 vs 0.24 (6 references), random "
+                                  "0.37 vs 0.30 (9) (benchmarks/toy_variants.py); the full "
+                                  "benchmark (configs e vs p): docs/RESULTS.md"),
     },
 )
 

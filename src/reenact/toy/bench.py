@@ -100,7 +100,7 @@ CONFIGS: dict[str, ConfigSpec] = {
     "b": ConfigSpec("one shared set, N=1", "shared", 1),
     "c": ConfigSpec("one shared set, N=5", "shared", 5),
     "d": ConfigSpec("F+1 sets, N=1", "per-frame", 1),
-    "e": ConfigSpec("F+1 sets, N=5 (paper default)", "per-frame", 5),
+    "e": ConfigSpec("F+1 sets, N=5, the model's default inversion (its profile)", "per-frame", 5),
     "p": ConfigSpec("F+1 independent sets, N=5 (the paper's optimisation: --frame-lr 1)", "per-frame", 5, 1.0),
     "o": ConfigSpec("oracle: the model's training context for the true motion"),
 }
