@@ -48,6 +48,12 @@ def test_the_svd_family_gets_the_svd_profile_and_everything_else_the_toy_one(tmp
         assert profiles.profile_for(hub_id) is profiles.SVD
     assert profiles.profile_for(str(svd_like_folder(tmp_path))) is profiles.SVD  # any name
     assert profiles.profile_for("toy") is profiles.TOY
+    # the world-v2 model has measured values of its own, by name or by its folder's path
+    assert profiles.profile_for("toy-v2") is profiles.TOY_V2
+    assert profiles.profile_for(str(models.toy_model_dir("toy-v2"))) is profiles.TOY_V2
+    v2 = profiles.inversion_config("toy-v2", steps=7)
+    assert (v2.init, v2.frame_lr, v2.steps) == ("random", 0.1, 7)
+    assert (profiles.SVD.config().init, profiles.SVD.config().frame_lr) == ("clip", 1.0)  # the paper's
     assert profiles.profile_for(str(tiny_svd_dir)) is profiles.TOY
 
 
