@@ -200,13 +200,18 @@ def track(video: torch.Tensor, object_color: np.ndarray, background_color: np.nd
     bg = torch.as_tensor(background_color, dtype=torch.float32)[:, None, None]
     axis = obj - bg
     alpha = ((v - bg) * axis).sum(1) / (axis * axis).sum().clamp_min(1e-6)
-    alpha = alpha.clamp(0, 1)
-    f, h, w = alpha.shape
+    return _weighted_centres(alpha.clamp(0, 1))
+
+
+def _weighted_centres(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of ``weight`` (F, H, W): the weighted mean pixel-centre position (x, y) and the
+    total weight (the tracked object's mass)."""
+    _, h, w = weight.shape
     ys = torch.arange(h, dtype=torch.float32) + 0.5
     xs = torch.arange(w, dtype=torch.float32) + 0.5
-    mass = alpha.sum((1, 2)).clamp_min(1e-6)
-    cx = (alpha.sum(1) * xs).sum(1) / mass
-    cy = (alpha.sum(2) * ys).sum(1) / mass
+    mass = weight.sum((1, 2)).clamp_min(1e-6)
+    cx = (weight.sum(1) * xs).sum(1) / mass
+    cy = (weight.sum(2) * ys).sum(1) / mass
     return torch.stack([cx, cy], 1).numpy().astype(np.float64), mass.numpy()
 
 
@@ -481,14 +486,7 @@ def track_by_color(video: torch.Tensor, object_color: np.ndarray) -> tuple[np.nd
     """
     v = video.detach().float().cpu()
     obj = torch.as_tensor(object_color, dtype=torch.float32)[:, None, None]
-    weight = (1 - torch.linalg.norm(v - obj, dim=1) / MIN_CONTRAST).clamp(0, 1)
-    _, h, w = weight.shape
-    ys = torch.arange(h, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, dtype=torch.float32) + 0.5
-    mass = weight.sum((1, 2)).clamp_min(1e-6)
-    cx = (weight.sum(1) * xs).sum(1) / mass
-    cy = (weight.sum(2) * ys).sum(1) / mass
-    return torch.stack([cx, cy], 1).numpy().astype(np.float64), mass.numpy()
+    return _weighted_centres((1 - torch.linalg.norm(v - obj, dim=1) / MIN_CONTRAST).clamp(0, 1))
 
 
 def _warp_errors(video: torch.Tensor, shifts: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
