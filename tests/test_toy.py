@@ -241,7 +241,7 @@ def test_the_benchmark_runs_end_to_end(trained, tmp_path, capsys):
 
 def test_shards_merge_into_the_run_they_split(trained, tmp_path, capsys):
     """--shard K/N runs the plan's references i with i % N == K (same seeds as a whole run);
-    --merge combines finished shards into one results.json, and refuses mismatched ones."""
+    --merge combines finished shards into one results.json; --only reruns chosen references."""
     out, _ = trained
     common = ["--model", str(out), "--refs", "3", "--targets", "1", "--steps", "2", "--gen-steps", "2",
               "--configs", "a,e", "--threads", "1", "--examples", "0", "--no-reconstruct"]
@@ -257,10 +257,19 @@ def test_shards_merge_into_the_run_they_split(trained, tmp_path, capsys):
     assert merged["complete"] and sorted(map(key, merged["records"])) == sorted(map(key, one["records"]))
     for a, b in zip(sorted(one["records"], key=key), sorted(merged["records"], key=key)):
         assert a["target_seed"] == b["target_seed"] and a["trajectory_cosine"] == pytest.approx(b["trajectory_cosine"], abs=1e-6)
+    # a reference rerun (--only) after the shards: the last folder's records are the ones kept
+    rerun = tmp_path / "rerun"
+    assert bench.main([*common, "--only", "1", "--out", str(rerun)]) == 0
+    assert bench.main(["--merge", *map(str, parts), str(rerun), "--out", str(tmp_path / "m2")]) == 0
+    torch.set_num_threads(1)
+    m2 = json.loads((tmp_path / "m2" / "results.json").read_text())
+    assert m2["complete"] and m2["replaced_references"] == [1] and len(m2["records"]) == len(one["records"])
     capsys.readouterr()
-    with pytest.raises(SystemExit):  # a shard twice: overlapping references
-        bench.main(["--merge", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "bad")])
-    assert "overlap" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an unfinished shard is refused with one line
+        (parts[0] / "results.json").write_text(json.dumps({**json.loads((parts[0] / "results.json").read_text()),
+                                                           "complete": False}))
+        bench.main(["--merge", *map(str, parts), "--out", str(tmp_path / "bad")])
+    assert "has not finished" in capsys.readouterr().err
 
 
 def test_the_oracle_is_the_training_context(trained):

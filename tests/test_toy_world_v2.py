@@ -182,3 +182,17 @@ def test_a_fixed_object_colour_is_kept_and_contrasts():
         if bg.numel():
             assert float(torch.linalg.norm(bg - torch.as_tensor(colour, dtype=torch.float32)[None, :, None],
                                            dim=1).min()) >= world.MIN_CONTRAST - 1e-5
+
+
+def test_a_pan_estimate_never_rests_on_a_sliver_of_the_frame():
+    """Frames that match nothing (a generated video's texture blurred away) must not be read as a
+    huge pan because a sliver of frame 0 happens to match: every estimate keeps at least
+    MIN_PAN_OVERLAP of frame 0 in view, while real pans are still found."""
+    c = world.make_scene_clip(6100, motion="pan")
+    blurred = c.video.clone()
+    blurred[4:] = c.video[0].mean((1, 2))[:, None, None]  # flat frames: no texture left
+    side = c.video.shape[-1]
+    est = world.estimate_camera(blurred, "pan")
+    overlap = (1 - np.abs(est[:, 0]) / side) * (1 - np.abs(est[:, 1]) / side)
+    assert overlap.min() >= world.MIN_PAN_OVERLAP - 1 / side, est
+    assert np.abs(est[:4] - c.camera_shift[:4]).max() < 0.25

@@ -636,8 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="run only the references whose plan index is K modulo N (N processes or "
                         "machines in parallel, each with its own --out; then --merge)")
+    p.add_argument("--only", default=None, metavar="I,J,...",
+                   help="run only these plan indices (e.g. to rerun references after a fix; merge "
+                        "their folder last)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
-                   help="no run: combine the results.json of complete shards of one benchmark into --out")
+                   help="no run: combine the results.json of complete shards of one benchmark into "
+                        "--out; a reference found in several folders is taken from the last one")
     return p
 
 
@@ -672,7 +676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipe = models.load_pipeline(args.model, args.device, dtype)
     geometry = model_geometry(pipe)  # the clips are made at the model's F x H x W
     references = pick_references(args.refs, *geometry, work_dir=args.out / "references")
-    references = [r for r in references if shard is None or r.index % shard[1] == shard[0]]
+    only = _parse_only(parser, args.only, args.refs)
+    references = [r for r in references if (shard is None or r.index % shard[1] == shard[0])
+                  and (only is None or r.index in only)]
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
     given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
                                            "init", "frame_lr") if getattr(args, k) is not None}
@@ -752,13 +758,26 @@ def _parse_shard(parser: argparse.ArgumentParser, text: str | None) -> tuple[int
     return k, n
 
 
+def _parse_only(parser: argparse.ArgumentParser, text: str | None, refs: int) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        only = {int(v) for v in text.split(",") if v.strip()}
+    except ValueError:
+        only = set()
+    if not only or not all(0 <= i < refs for i in only):
+        parser.error(f"--only must list plan indices between 0 and {refs - 1} (got {text!r})")
+    return only
+
+
 #: settings that must agree for shards to be one benchmark
 _SHARD_KEYS = ("refs", "targets", "configs", "gen_steps", "seed", "model", "inversion", "no_reconstruct")
 
 
 def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, command: str) -> int:
-    """Combine complete shards (same settings, disjoint references) into ``out``: results.json
-    (every record, the shards' headers) and table.md, as one run would have written them."""
+    """Combine complete shards of one benchmark (same settings) into ``out``: results.json (every
+    record, the shards' headers) and table.md, as one run would have written them. A reference
+    in several folders is taken from the last (``--only`` reruns it after a fix)."""
     vio.check_writable_dir(out)
     docs = []
     for folder in folders:
@@ -776,25 +795,26 @@ def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, comm
         if other != first:
             diff = [k for k in _SHARD_KEYS if other[k] != first[k]]
             parser.error(f"{folder}: a shard of another benchmark (differs in {', '.join(diff)})")
-    seen = [sorted({r["ref"] for r in d["records"]}) for d in docs]
-    if len({i for s in seen for i in s}) != sum(map(len, seen)):
-        parser.error("the shards overlap (a reference was run twice); merge disjoint --shard runs")
+    # a reference's records come from the last folder that has it (a rerun after a fix)
+    source = {r["ref"]: n for n, d in enumerate(docs) for r in d["records"]}
+    replaced = sorted({r["ref"] for n, d in enumerate(docs) for r in d["records"] if source[r["ref"]] != n})
     configs = first["configs"]
-    records = [r for d in docs for r in d["records"]]
-    inversions = [v for d in docs for v in d["inversions"]]
+    records = [r for n, d in enumerate(docs) for r in d["records"] if source[r["ref"]] == n]
+    inversions = [v for n, d in enumerate(docs) for v in d["inversions"] if source[v["ref"]] == n]
     summary = summarise(records, inversions, configs)
-    wall = [d["wall_seconds"] for d in docs]
+    wall = [round(d["wall_seconds"], 1) for d in docs]
     doc = {"command": command, "shards": [{"command": d["command"], "machine": d["machine"],
                                            "wall_seconds": d["wall_seconds"]} for d in docs],
-           "settings": docs[0]["settings"], "complete": sum(map(len, seen)) == first["refs"],
-           "wall_seconds": max(wall), "summary": summary, "inversions": inversions, "records": records}
+           "settings": docs[0]["settings"], "complete": len(source) == first["refs"],
+           "replaced_references": replaced,
+           "wall_seconds_per_folder": wall, "summary": summary, "inversions": inversions, "records": records}
     _write_text(out / "results.json", json.dumps(_finite(doc), indent=1, allow_nan=False))
     notes = [f"Command: `{command}`, merging:"] + [
         f"- `{d['command']}` on {d['machine']['machine']}, {d['machine']['cpu_count']} cores, "
         f"{d['machine']['threads']} threads (load average at start {d['machine']['load_average_at_start']}): "
         f"wall time {_hms(d['wall_seconds'])}" for d in docs]
-    notes.append(f"{sum(map(len, seen))} of {first['refs']} references; shards in parallel: wall time "
-                 f"{_hms(max(wall))} (longest shard)")
+    notes.append(f"{len(source)} of {first['refs']} references"
+                 + (f"; references {replaced} taken from the later folder that reran them" if replaced else ""))
     _write_text(out / "table.md", "\n\n".join([markdown_table(summary), "\n".join(notes)]) + "\n")
     print(markdown_table(summary))
     print()
