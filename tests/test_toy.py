@@ -264,12 +264,13 @@ def test_shards_merge_into_the_run_they_split(trained, tmp_path, capsys):
     torch.set_num_threads(1)
     m2 = json.loads((tmp_path / "m2" / "results.json").read_text())
     assert m2["complete"] and m2["replaced_references"] == [1] and len(m2["records"]) == len(one["records"])
+    # without the shard that ran reference 1 the merge is not complete; a foreign folder is refused
+    assert bench.main(["--merge", str(parts[0]), "--out", str(tmp_path / "m3")]) == 0
+    assert not json.loads((tmp_path / "m3" / "results.json").read_text())["complete"]
     capsys.readouterr()
-    with pytest.raises(SystemExit):  # an unfinished shard is refused with one line
-        (parts[0] / "results.json").write_text(json.dumps({**json.loads((parts[0] / "results.json").read_text()),
-                                                           "complete": False}))
-        bench.main(["--merge", *map(str, parts), "--out", str(tmp_path / "bad")])
-    assert "has not finished" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--merge", str(parts[0]), str(tmp_path), "--out", str(tmp_path / "bad")])
+    assert "not a readable benchmark result" in capsys.readouterr().err
 
 
 def test_the_oracle_is_the_training_context(trained):

@@ -775,9 +775,11 @@ _SHARD_KEYS = ("refs", "targets", "configs", "gen_steps", "seed", "model", "inve
 
 
 def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, command: str) -> int:
-    """Combine complete shards of one benchmark (same settings) into ``out``: results.json (every
-    record, the shards' headers) and table.md, as one run would have written them. A reference
-    in several folders is taken from the last (``--only`` reruns it after a fix)."""
+    """Combine shards of one benchmark (same settings) into ``out``: results.json (every record,
+    the shards' headers) and table.md, as one run would have written them. A reference in several
+    folders is taken from the last (``--only`` reruns it after a fix); a shard stopped early
+    contributes the references it finished, and the merge is complete when every planned
+    reference is there."""
     vio.check_writable_dir(out)
     docs = []
     for folder in folders:
@@ -786,9 +788,7 @@ def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, comm
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             parser.error(f"{path}: not a readable benchmark result ({e}); run the shard first")
-        if not doc.get("complete"):
-            parser.error(f"{path}: that shard has not finished; run it again (or wait) before merging")
-        docs.append(doc)
+        docs.append(doc)  # an unfinished shard holds whole references only (saved after each)
     first = {k: docs[0]["settings"].get(k) for k in _SHARD_KEYS}
     for folder, doc in zip(folders, docs):
         other = {k: doc["settings"].get(k) for k in _SHARD_KEYS}
@@ -813,7 +813,9 @@ def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, comm
         f"- `{d['command']}` on {d['machine']['machine']}, {d['machine']['cpu_count']} cores, "
         f"{d['machine']['threads']} threads (load average at start {d['machine']['load_average_at_start']}): "
         f"wall time {_hms(d['wall_seconds'])}" for d in docs]
+    unfinished = [str(f) for f, d in zip(folders, docs) if not d.get("complete")]
     notes.append(f"{len(source)} of {first['refs']} references"
+                 + (f"; stopped early, finished references used: {', '.join(unfinished)}" if unfinished else "")
                  + (f"; references {replaced} taken from the later folder that reran them" if replaced else ""))
     _write_text(out / "table.md", "\n\n".join([markdown_table(summary), "\n".join(notes)]) + "\n")
     print(markdown_table(summary))
