@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     snaps = sorted(s for s in set(args.snapshots) if s <= args.max_steps)
     pipe = models.load_pipeline(args.model, "cpu")
-    num_frames = pipe.unet.config.num_frames
-    geometry = bench.model_geometry(pipe)
+    geometry = models.native_geometry(pipe)
     refs = bench.pick_references(args.refs, *geometry)
     targets = [bench.pick_targets(r, args.targets, *geometry) for r in refs]
     images = [[vio.tensor_to_images(t.video[0])[0] for t in ts] for ts in targets]

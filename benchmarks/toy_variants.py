@@ -36,7 +36,7 @@ from reenact.toy.metrics import score_video
 
 def reference(pipe, rid: str, plan: list | None):
     """(reference, targets, seed) of ``dN`` (a demo clip) or ``N`` (the benchmark plan's)."""
-    geometry = bench.model_geometry(pipe)
+    geometry = models.native_geometry(pipe)
     if rid.startswith("d"):
         ref, targets = demo.pick_demo_clips(int(rid[1:]), *geometry)
         return ref, targets, int(rid[1:])
@@ -58,7 +58,7 @@ def main() -> None:
     pipe = models.load_pipeline(args.model, "cpu", torch.float32)
     ids = args.refs.split(",")
     numbered = [int(r) for r in ids if not r.startswith("d")]
-    plan = bench.pick_references(max(numbered) + 1, *bench.model_geometry(pipe)) if numbered else None
+    plan = bench.pick_references(max(numbered) + 1, *models.native_geometry(pipe)) if numbered else None
     for rid in ids:
         ref, targets, seed = reference(pipe, rid, plan)
         images = [vio.tensor_to_images(t.video[0])[0] for t in targets]

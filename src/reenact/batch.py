@@ -103,7 +103,6 @@ def _animate_defaults() -> dict[str, object]:
     (:class:`reenact.pipeline.GenerationConfig`; imported late: a plan check needs no torch)."""
     from dataclasses import fields
 
-    from reenact import api
     from reenact.pipeline import GenerationConfig
 
     gen = {f.name: f.default for f in fields(GenerationConfig) if f.name != "seed"}

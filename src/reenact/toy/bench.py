@@ -125,14 +125,6 @@ USER_SIZE, USER_FRAMES, USER_FPS = 64, (16, 24), 8
 # the fixed benchmark set
 # --------------------------------------------------------------------------------------------
 
-def model_geometry(pipe) -> tuple[int, int, int]:
-    """``(F, H, W)`` the model generates: read from its UNet and VAE, never assumed."""
-    cfg = pipe.unet.config
-    side = cfg.sample_size * pipe.vae_scale_factor
-    h, w = (side, side) if isinstance(side, int) else side
-    return int(cfg.num_frames), int(h), int(w)
-
-
 def _extreme_color(rng: np.random.Generator) -> np.ndarray:
     return rng.choice([-1.0, 1.0], 3) * rng.uniform(EXTREME_COLOR, 1.0, 3)
 
@@ -674,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oracle_embedding(args.model, world.make_scene_clip(world.SEED_RANGES["bench"][0]))  # refuse early
     dtype = torch.float32
     pipe = models.load_pipeline(args.model, args.device, dtype)
-    geometry = model_geometry(pipe)  # the clips are made at the model's F x H x W
+    geometry = models.native_geometry(pipe)  # the clips are made at the model's F x H x W
     references = pick_references(args.refs, *geometry, work_dir=args.out / "references")
     only = _parse_only(parser, args.only, args.refs)
     references = [r for r in references if (shard is None or r.index % shard[1] == shard[0])

@@ -105,7 +105,7 @@ def run_demo(out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipe = models.load_pipeline(model, "cpu", torch.float32)
-    reference, targets = pick_demo_clips(seed, *bench.model_geometry(pipe))
+    reference, targets = pick_demo_clips(seed, *models.native_geometry(pipe))
     num_frames = reference.video.shape[0]
     t_loaded = time.perf_counter()
 
