@@ -184,8 +184,10 @@ def reference_plan(i: int) -> dict:
 
 
 def pick_references(count: int, num_frames: int = 8, height: int = 32, width: int = 32, *,
-                    seed_range: str = "bench", work_dir: Path | None = None) -> list[Reference]:
-    """``count`` references (see :func:`reference_plan`), seed ``lo + i`` of ``seed_range``.
+                    seed_range: str = "bench", work_dir: Path | None = None,
+                    keep: Callable[[int], bool] | None = None) -> list[Reference]:
+    """``count`` references (see :func:`reference_plan`), seed ``lo + i`` of ``seed_range``;
+    with ``keep``, only the plan indices it accepts are made (a ``--shard`` or ``--only`` run).
 
     User-file references are rendered at ``USER_SIZE`` with 16-24 frames, written as H.264 mp4
     into ``work_dir`` (a temporary folder if None) and read back with
@@ -199,6 +201,8 @@ def pick_references(count: int, num_frames: int = 8, height: int = 32, width: in
     refs = []
     tmp = None
     for i in range(count):
+        if keep is not None and not keep(i):
+            continue
         plan = reference_plan(i)
         seed = lo + i
         rng = np.random.default_rng(seed + 7)
@@ -652,6 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.examples < 0:
         parser.error("--examples must be >= 0")
     shard = _parse_shard(parser, args.shard)
+    only = _parse_only(parser, args.only, args.refs)
     command = "reenact bench toy " + shlex.join(argv)
     if args.merge:
         return _merge(parser, args.merge, args.out, command)
@@ -667,10 +672,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = torch.float32
     pipe = models.load_pipeline(args.model, args.device, dtype)
     geometry = models.native_geometry(pipe)  # the clips are made at the model's F x H x W
-    references = pick_references(args.refs, *geometry, work_dir=args.out / "references")
-    only = _parse_only(parser, args.only, args.refs)
-    references = [r for r in references if (shard is None or r.index % shard[1] == shard[0])
-                  and (only is None or r.index in only)]
+    references = pick_references(args.refs, *geometry, work_dir=args.out / "references",
+                                 keep=lambda i: (shard is None or i % shard[1] == shard[0])
+                                 and (only is None or i in only))
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
     given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
                                            "init", "frame_lr") if getattr(args, k) is not None}
