@@ -6,6 +6,7 @@ Runs on the tiny random SVD (conftest) with a 2-frame 16x16 clip (8x8 latents): 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -23,9 +24,11 @@ from reenact.edm import loss_weight as edm_loss_weight
 from reenact.edm import preconditioning as edm_preconditioning
 from reenact.inversion import (
     InversionConfig,
+    _augmented_copies,
     checkpoint_path,
     invert,
     lr_at,
+    rotate_hue,
 )
 
 FRAMES, SIZE = 2, 16
@@ -411,3 +414,32 @@ def test_compile_wraps_the_unet_for_the_run_only(pipe, monkeypatch):
     invert(pipe, clip(), fast(steps=2, compile=True), progress=False)
     assert len(calls) == 2  # every UNet call of the run went through the compiled call
     assert pipe.unet._compiled_call_impl is None
+
+
+def test_hue_rotation_turns_colours_but_keeps_grey_levels_and_shapes():
+    """The colour augmentation: a red square on a teal ground changes colour, not where it is."""
+    frames = torch.zeros(2, 3, 8, 8)
+    frames[:, :] = torch.tensor([-0.4, 0.3, 0.3]).view(3, 1, 1)  # teal ground
+    frames[:, :, 2:5, 2:5] = torch.tensor([0.8, -0.6, -0.6]).view(3, 1, 1)  # red square
+    turned = rotate_hue(frames, 2 * math.pi / 3)
+    assert torch.allclose(turned[:, :, 3, 3], torch.tensor([-0.6, 0.8, -0.6]), atol=1e-5)  # red -> green
+    assert torch.allclose(turned.mean(1), frames.mean(1), atol=1e-5)  # grey level kept
+    square = (turned - turned[:, :, :1, :1]).abs().sum(1) > 0.1
+    assert square[:, 2:5, 2:5].all() and square.sum() == 2 * 9  # the shape stays put
+    grey = torch.full((1, 3, 2, 2), 0.3)
+    assert torch.allclose(rotate_hue(grey, 1.0), grey, atol=1e-6)
+    assert torch.allclose(rotate_hue(rotate_hue(frames * 0.5, 1.0), -1.0), frames * 0.5, atol=1e-5)
+
+
+def test_hue_copies_leave_the_flip_and_crop_draws_unchanged():
+    """Turning the colour augmentation on must not reshuffle an existing config's crops/flips."""
+    frames = (torch.rand(FRAMES, 3, 16, 16) * 2 - 1) * 0.3  # no rotation leaves [-1, 1]
+    base = fast(num_augmentations=3, flip_prob=0.5, crop_scale=0.5)
+    plain = _augmented_copies(frames, (16, 16), base)
+    hued = _augmented_copies(frames, (16, 16), dataclasses.replace(base, hue_prob=1.0))
+    assert torch.equal(plain[0], hued[0])  # copy 0 is always the clip itself
+    for p, h in zip(plain[1:], hued[1:]):
+        assert not torch.allclose(p, h, atol=1e-3)  # a new colour...
+        assert torch.allclose(p.mean(1), h.mean(1), atol=1e-5)  # ...of the same crop and flip
+        chroma = lambda x: (x - x.mean(1, keepdim=True)).norm(dim=1)  # noqa: E731
+        assert torch.allclose(chroma(p), chroma(h), atol=1e-5)

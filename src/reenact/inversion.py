@@ -213,6 +213,10 @@ class InversionConfig:
                                low=0.0, high=1.0, group=_AUG, source="off on the toy")
     crop_scale: float = setting(1.0, "a copy's crop side is drawn from [crop-scale, 1]",
                                 low=0.01, high=1.0, group=_AUG, source="1 = no crop on the toy")
+    hue_prob: float = setting(
+        0.0, "probability that a copy's hue is rotated by a random angle (about the grey axis; "
+        "every colour changes, shapes and motion do not)", low=0.0, high=1.0, group=_AUG,
+        source="off: not in the paper")
 
     # -- speed / memory --
     optim_size: tuple[int, int] | None = setting(
@@ -325,11 +329,13 @@ def _encode(vae: torch.nn.Module, pixels: torch.Tensor, chunk: int) -> torch.Ten
 def _augmented_copies(
     frames: torch.Tensor, size: tuple[int, int], config: InversionConfig
 ) -> list[torch.Tensor]:
-    """Copy 0 = the clip resized to ``size``; copies 1..K = random flip + crop, resized to ``size``.
+    """Copy 0 = the clip resized to ``size``; copies 1..K = random flip + crop (+ hue rotation),
+    resized to ``size``.
 
     Crops are taken from the full-resolution frames (then resized) so they stay sharp.
     """
     gen = torch.Generator().manual_seed(config.seed + 1)
+    hue_gen = torch.Generator().manual_seed(config.seed + 5)
     fh, fw = frames.shape[-2:]
 
     def fit(x: torch.Tensor) -> torch.Tensor:
@@ -346,8 +352,26 @@ def _augmented_copies(
         x = frames[..., top : top + ch, left : left + cw]
         if u[0] < config.flip_prob:
             x = x.flip(-1)
+        if config.hue_prob > 0:  # its own stream: flip/crop draws stay as without it
+            v = torch.rand(2, generator=hue_gen).tolist()
+            if v[0] < config.hue_prob:
+                x = rotate_hue(x, 2 * math.pi * v[1])
         copies.append(fit(x))
     return copies
+
+
+def rotate_hue(frames: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate every pixel of ``frames`` (..., 3, H, W) in [-1, 1] about the grey axis by ``angle``.
+
+    The rotation (Rodrigues' formula about (1, 1, 1)/sqrt 3) keeps each pixel's grey level and
+    saturation and turns its hue: a red object on a teal ground becomes, say, green on purple,
+    while every edge and every motion stays where it was. Values leaving [-1, 1] are clipped.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
+    rot = torch.eye(3) * c + s * k + (1 - c) * torch.full((3, 3), 1 / 3)
+    out = torch.einsum("ij,...jhw->...ihw", rot.to(frames), frames)
+    return out.clamp(-1.0, 1.0)
 
 
 @torch.no_grad()
