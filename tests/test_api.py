@@ -52,7 +52,7 @@ def test_the_svd_family_gets_the_svd_profile_and_everything_else_the_toy_one(tmp
     assert profiles.profile_for("toy-v2") is profiles.TOY_V2
     assert profiles.profile_for(str(models.toy_model_dir("toy-v2"))) is profiles.TOY_V2
     v2 = profiles.inversion_config("toy-v2", steps=7)
-    assert (v2.init, v2.frame_lr, v2.steps) == ("random", 0.1, 7)
+    assert (v2.init, v2.frame_lr, v2.log_sigma_mean, v2.steps) == ("random", 0.1, 3.5, 7)
     assert (profiles.SVD.config().init, profiles.SVD.config().frame_lr) == ("clip", 1.0)  # the paper's
     assert profiles.profile_for(str(tiny_svd_dir)) is profiles.TOY
 
