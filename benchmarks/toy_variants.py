@@ -79,6 +79,7 @@ def main() -> None:
             row = {"ref": rid, "motion": ref.motion, "variant": variant,
                    "cos": [round(s["trajectory_cosine"], 3) for s in scores],
                    "dir": [bool(s["direction_ok"]) for s in scores],
+                   "no_leak": [bool(s["no_leak"]) for s in scores],
                    "mean": float(np.mean([s["trajectory_cosine"] for s in scores])),
                    "inv_s": round(seconds, 1), "total_s": round(time.perf_counter() - t0, 1)}
             print(json.dumps(row), flush=True)
