@@ -1,6 +1,5 @@
 """The README is the front door: it must document every CLI flag and the two set-up commands."""
 
-import argparse
 import re
 import sys
 from pathlib import Path
