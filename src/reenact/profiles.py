@@ -96,7 +96,7 @@ TOY_V2 = Profile(
                                   "benchmark (configs e vs p): docs/RESULTS.md"),
         "log_sigma_mean": Override(3.5, "ln s ~ N(3.5, 1.6^2), the high noise levels where the "
                                         "context decides the motion: 8 references where the "
-                                        "default failed went from -0.02 to 0.70 mean cosine "
+                                        "default failed went from -0.01 to 0.70 mean cosine "
                                         "(0.7 -> 3.5; 2.0 and 2.8 in between, 4.5 lower; "
                                         "benchmarks/toy_variants.py); the full benchmark: "
                                         "docs/RESULTS.md"),
