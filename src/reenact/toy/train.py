@@ -391,6 +391,12 @@ def write_model_card(out: Path, args, history: dict, wall: dict) -> None:
     for earlier in history.get("earlier_resolutions", []):
         resolved_line += (f"(An earlier command's `--time-budget` resolved `--steps {earlier['steps']}` at step "
                           f"{earlier['at_step']}.)\n")
+    init = history.get("init")
+    if init:
+        resolved_line += (f"The last command started from the UNet of `{init['folder']}` ({init['steps']} UNet steps, "
+                          f"{init['unet_s'] / 60:.1f} min), which the commands above it produced, with a fresh optimiser "
+                          f"and its own learning-rate schedule; the loss curve and the swap table below are the last "
+                          f"command's (its step 0 is the starting point).\n")
     text = f"""# reenact toy model (`--model toy`)
 
 An image-to-video model with Stable Video Diffusion's architecture at toy size, trained on the
@@ -528,7 +534,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=0,
                    help="end after this UNet step, leaving only the checkpoint (continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.train-ckpt")
+    p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="start from the UNet of a model folder this script exported, same seed (fine-tune: fresh "
+                        "optimiser, this command's own schedule); the card keeps that folder's commands")
     return p
+
+
+def load_init(folder: Path, unet, seed: int) -> dict:
+    """Load an exported model folder's UNet into the fresh one (for ``--init-from``).
+
+    The VAE is not loaded: it is constructed, deterministically, exactly as the folder's was
+    (``construct_vae``), in full precision rather than from the folder's fp16 copy.
+    The motion code is a function of the seed; a folder made with another seed encodes motion
+    differently, so continuing it under this seed would silently retrain the conditioning:
+    refuse instead. Returns the folder's training log (its commands, loss and wall time carry
+    into the new card, so the weights' whole provenance stays recorded).
+    """
+    from diffusers import UNetSpatioTemporalConditionModel
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / "motion_code.safetensors"))
+    mine = motion_code(seed)
+    if set(stored) != set(mine) or any(not torch.equal(stored[k], mine[k]) for k in mine):
+        raise SystemExit(f"--init-from {folder}: its motion code is not seed {seed}'s; pass the seed it was trained with")
+    src_unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    unet.load_state_dict(src_unet.state_dict())
+    return json.loads((folder / "training_log.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -586,6 +617,12 @@ def main(argv: list[str] | None = None) -> None:
             history.setdefault("earlier_resolutions", []).append(history.pop("resolved"))
         log(f"resumed at UNet step {start_step}")
     else:
+        if args.init_from is not None:
+            earlier = load_init(args.init_from, unet, args.seed)
+            history["commands"] = list(earlier.get("commands", [])) + [command]
+            history["init"] = {"folder": str(args.init_from), "steps": len(earlier.get("loss", [])),
+                               "unet_s": (earlier.get("wall") or {}).get("unet_s", 0.0)}
+            log(f"UNet initialised from {args.init_from} ({history['init']['steps']} UNet steps); fresh optimiser")
         t0 = time.time()
         construct_vae(vae)
         vae.eval()
@@ -596,6 +633,8 @@ def main(argv: list[str] | None = None) -> None:
             rec = vae.decode(z, num_frames=NUM_FRAMES).sample
             history["vae_psnr"] = psnr(rec, video.flatten(0, 1))
             sf = 1.0 / z.std().item()
+        if args.init_from is not None:  # the scale the UNet was trained with, not this device's re-measure
+            sf = json.loads((args.init_from / "vae" / "config.json").read_text())["scaling_factor"]
         vae.register_to_config(scaling_factor=sf)
         history["scaling_factor"] = sf
         wall["vae_s"] = time.time() - t0
@@ -618,6 +657,8 @@ def main(argv: list[str] | None = None) -> None:
         history["swap"].append((step_done, res))
         log(f"swap check @ {step_done}: " + ", ".join(f"{k}: err {a:.3f} vs {b:.3f}, change {c:.3f}" for k, (a, b, c) in res.items()))
 
+    if "init" in history and start_step == 0:
+        swap_check(0)  # the starting point, for the card
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     t0 = time.time() - wall["unet_s"]
     step = start_step
