@@ -206,6 +206,35 @@ def test_training_resumes_the_same_stream_from_its_checkpoint(trained):
     models.load_pipeline(str(out), "cpu", torch.float32)
 
 
+def test_fine_tuning_starts_from_the_folder_and_keeps_its_provenance(trained, tmp_path):
+    """``--init-from``: the new run starts at the folder's UNet (at lr 0 it stays there, bit for bit
+    through the fp16 export) and its card lists the folder's commands before its own."""
+    from safetensors.torch import load_file
+
+    src, _ = trained
+    out = tmp_path / "ft"
+    train.main(["--out", str(out), "--init-from", str(src), "--steps", "1", "--lr", "0", "--check-every", "5",
+                "--threads", "1", "--batch", "2", "--check-clips", "3"])
+    torch.set_num_threads(1)
+    before = load_file(str(src / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    log = json.loads((out / "training_log.json").read_text())
+    earlier = json.loads((src / "training_log.json").read_text())["commands"]
+    assert log["commands"][:-1] == earlier and "--init-from" in log["commands"][-1]
+    assert [step for step, _ in log["swap"]] == [0, 1]
+    assert "started from the UNet of" in (out / "README.md").read_text()
+
+
+def test_fine_tuning_refuses_a_folder_with_another_motion_code(trained, tmp_path):
+    src, _ = trained
+    with pytest.raises(SystemExit, match="motion code is not seed 1's"):
+        train.main(["--out", str(tmp_path / "ft"), "--init-from", str(src), "--seed", "1", "--steps", "1",
+                    "--threads", "1", "--batch", "2"])
+    torch.set_num_threads(1)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_the_constructed_vae_reconstructs_a_clip_above_35_db():
     _, vae, *_ = train.build_components(0)
     train.construct_vae(vae)

@@ -28,6 +28,8 @@ seeded: data of step k is a pure function of (seed, k) - whether rendered in-pro
 the same stream. On a GPU (``--device cuda``), ``--time-budget MIN`` resolves the step count from
 the measured speed and the run always ends with the model folder, log and card written (also on
 SIGTERM or an error: what there is, with the status in the card). Checkpoints are atomic.
+``--init-from DIR`` fine-tunes a folder this script exported (its UNet; fresh optimiser, own
+schedule), and its card keeps the folder's commands, so shipped weights stay traceable.
 Imports neither ``av`` nor ``reenact.video``: it runs where only torch, diffusers, transformers,
 numpy and safetensors are installed.
 """
