@@ -66,7 +66,7 @@ def main() -> None:
         for variant in variants:
             t0 = time.perf_counter()
             changes = {k: v for k, v in variant.items() if k not in ("oracle", "none")}
-            seconds = 0.0
+            seconds, final_loss = 0.0, None
             if variant.get("none"):
                 emb = None
             elif variant.get("oracle"):
@@ -74,6 +74,7 @@ def main() -> None:
             else:
                 result = invert(pipe, ref.video, InversionConfig(**{"seed": seed, **changes}), progress=False)
                 emb, seconds = result.embedding, result.seconds
+                final_loss = float(np.mean(result.losses[-20:]))  # noisy: one sigma draw per step
             videos = bench.generate(pipe, images, emb, steps=args.gen_steps, seed=seed)
             scores = [score_video(v, ref, t, im) for v, t, im in zip(videos, targets, image_tensors)]
             row = {"ref": rid, "motion": ref.motion, "variant": variant,
@@ -82,6 +83,8 @@ def main() -> None:
                    "no_leak": [bool(s["no_leak"]) for s in scores],
                    "mean": float(np.mean([s["trajectory_cosine"] for s in scores])),
                    "inv_s": round(seconds, 1), "total_s": round(time.perf_counter() - t0, 1)}
+            if final_loss is not None:
+                row["loss_last20"] = round(final_loss, 5)
             print(json.dumps(row), flush=True)
             old = args.out.read_text() if args.out.exists() else ""
             with atomic_write(args.out) as tmp:
