@@ -226,13 +226,17 @@ def test_fine_tuning_starts_from_the_folder_and_keeps_its_provenance(trained, tm
     assert "started from the UNet of" in (out / "README.md").read_text()
 
 
-def test_fine_tuning_refuses_a_folder_with_another_motion_code(trained, tmp_path):
+def test_fine_tuning_refuses_another_seeds_folder_or_a_folder_that_is_not_a_model(trained, tmp_path):
     src, _ = trained
     with pytest.raises(SystemExit, match="motion code is not seed 1's"):
         train.main(["--out", str(tmp_path / "ft"), "--init-from", str(src), "--seed", "1", "--steps", "1",
                     "--threads", "1", "--batch", "2"])
     torch.set_num_threads(1)
-    assert not (tmp_path / "ft").exists()
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "ft.train-log").exists()
+    with pytest.raises(SystemExit, match="not a model folder this script exported"):
+        train.main(["--out", str(tmp_path / "ft"), "--init-from", str(tmp_path), "--steps", "1", "--threads", "1"])
+    torch.set_num_threads(1)
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "ft.train-log").exists()
 
 
 def test_the_constructed_vae_reconstructs_a_clip_above_35_db():

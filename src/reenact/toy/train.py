@@ -542,23 +542,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_init(folder: Path, unet, seed: int) -> dict:
-    """Load an exported model folder's UNet into the fresh one (for ``--init-from``).
+def check_init_folder(folder: Path, seed: int) -> None:
+    """Refuse, in one line and before anything is written, a ``--init-from`` folder that is not
+    an export of this script or was trained with another seed.
 
-    The VAE is not loaded: it is constructed, deterministically, exactly as the folder's was
-    (``construct_vae``), in full precision rather than from the folder's fp16 copy.
     The motion code is a function of the seed; a folder made with another seed encodes motion
-    differently, so continuing it under this seed would silently retrain the conditioning:
-    refuse instead. Returns the folder's training log (its commands, loss and wall time carry
-    into the new card, so the weights' whole provenance stays recorded).
+    differently, so continuing it under this seed would silently retrain the conditioning.
     """
-    from diffusers import UNetSpatioTemporalConditionModel
     from safetensors.torch import load_file
 
+    needed = [folder / "motion_code.safetensors", folder / "unet" / "config.json", folder / "vae" / "config.json",
+              folder / "training_log.json"]
+    missing = [str(f.relative_to(folder)) for f in needed if not f.is_file()]
+    if missing:
+        raise SystemExit(f"--init-from {folder}: not a model folder this script exported (no {', '.join(missing)}); "
+                         "pass the folder given as --out to an earlier run")
     stored = load_file(str(folder / "motion_code.safetensors"))
     mine = motion_code(seed)
     if set(stored) != set(mine) or any(not torch.equal(stored[k], mine[k]) for k in mine):
         raise SystemExit(f"--init-from {folder}: its motion code is not seed {seed}'s; pass the seed it was trained with")
+
+
+def load_init(folder: Path, unet) -> dict:
+    """Load an exported model folder's UNet into the fresh one (for ``--init-from``).
+
+    The VAE is not loaded: it is constructed, deterministically, exactly as the folder's was
+    (``construct_vae``), in full precision rather than from the folder's fp16 copy. Returns the
+    folder's training log (its commands, loss and wall time carry into the new card, so the
+    weights' whole provenance stays recorded).
+    """
+    from diffusers import UNetSpatioTemporalConditionModel
+
     src_unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
     unet.load_state_dict(src_unet.state_dict())
     return json.loads((folder / "training_log.json").read_text())
@@ -567,6 +581,8 @@ def load_init(folder: Path, unet, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     t_start = time.time()
     args = build_parser().parse_args(argv)
+    if args.init_from is not None:
+        check_init_folder(args.init_from, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
@@ -620,7 +636,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"resumed at UNet step {start_step}")
     else:
         if args.init_from is not None:
-            earlier = load_init(args.init_from, unet, args.seed)
+            earlier = load_init(args.init_from, unet)
             history["commands"] = list(earlier.get("commands", [])) + [command]
             history["init"] = {"folder": str(args.init_from), "steps": len(earlier.get("loss", [])),
                                "unet_s": (earlier.get("wall") or {}).get("unet_s", 0.0)}
