@@ -6,8 +6,9 @@ full benchmark (``reenact bench toy``) confirmed or refuted them: each variant i
 (the paper's settings: clip initialisation, independent sets), or ``{"oracle": 1}`` (the model's
 own training context) / ``{"none": 1}`` (the stock model). Every variant of a reference uses the
 same inversion seed, the same three targets and the same generation noise, so differences are
-the settings' (a variant may set ``seed`` to re-draw the inversion's own randomness alone). Cheaper than the benchmark (10 Euler steps, no reconstruction), and only a few
-references: a screen, not a result. One JSON line per (reference, variant) is appended to OUT.
+the settings' (a variant may set ``seed`` to re-draw the inversion's own randomness alone).
+Cheaper than the benchmark (10 Euler steps, no reconstruction), and only a few references: a
+screen, not a result. One JSON line per (reference, variant) is appended to OUT.
 
     python benchmarks/toy_variants.py out.jsonl --refs d0,d1,0,4,6 \\
         --variants '{"sets": "shared"}' '{}' '{"frame_lr": 0.1}' '{"init": "random"}'

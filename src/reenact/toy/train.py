@@ -563,19 +563,21 @@ def check_init_folder(folder: Path, seed: int) -> None:
         raise SystemExit(f"--init-from {folder}: its motion code is not seed {seed}'s; pass the seed it was trained with")
 
 
-def load_init(folder: Path, unet) -> dict:
+def load_init(folder: Path, unet) -> tuple[dict, float]:
     """Load an exported model folder's UNet into the fresh one (for ``--init-from``).
 
     The VAE is not loaded: it is constructed, deterministically, exactly as the folder's was
-    (``construct_vae``), in full precision rather than from the folder's fp16 copy. Returns the
-    folder's training log (its commands, loss and wall time carry into the new card, so the
-    weights' whole provenance stays recorded).
+    (``construct_vae``), in full precision rather than from the folder's fp16 copy; only its
+    stored scaling factor is kept (the scale the UNet was trained with, not a re-measure on this
+    device). Returns the folder's training log (its commands, loss and wall time carry into the
+    new card, so the weights' whole provenance stays recorded) and that scaling factor.
     """
     from diffusers import UNetSpatioTemporalConditionModel
 
     src_unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
     unet.load_state_dict(src_unet.state_dict())
-    return json.loads((folder / "training_log.json").read_text())
+    scaling_factor = json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
+    return json.loads((folder / "training_log.json").read_text()), scaling_factor
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -636,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"resumed at UNet step {start_step}")
     else:
         if args.init_from is not None:
-            earlier = load_init(args.init_from, unet)
+            earlier, init_scale = load_init(args.init_from, unet)
             history["commands"] = list(earlier.get("commands", [])) + [command]
             history["init"] = {"folder": str(args.init_from), "steps": len(earlier.get("loss", [])),
                                "unet_s": (earlier.get("wall") or {}).get("unet_s", 0.0)}
@@ -651,8 +653,8 @@ def main(argv: list[str] | None = None) -> None:
             rec = vae.decode(z, num_frames=NUM_FRAMES).sample
             history["vae_psnr"] = psnr(rec, video.flatten(0, 1))
             sf = 1.0 / z.std().item()
-        if args.init_from is not None:  # the scale the UNet was trained with, not this device's re-measure
-            sf = json.loads((args.init_from / "vae" / "config.json").read_text())["scaling_factor"]
+        if args.init_from is not None:
+            sf = init_scale
         vae.register_to_config(scaling_factor=sf)
         history["scaling_factor"] = sf
         wall["vae_s"] = time.time() - t0
