@@ -24,12 +24,19 @@ from reenact.edm import loss_weight as edm_loss_weight
 from reenact.edm import preconditioning as edm_preconditioning
 from reenact.inversion import (
     InversionConfig,
+    InversionState,
     _augmented_copies,
+    _frozen,
     checkpoint_path,
+    encode_reference,
+    initial_embedding,
     invert,
     lr_at,
+    probe_losses,
     rotate_hue,
+    start_seed,
 )
+from reenact.routing import install_motion_routing
 
 FRAMES, SIZE = 2, 16
 
@@ -443,3 +450,53 @@ def test_hue_copies_leave_the_flip_and_crop_draws_unchanged():
         assert torch.allclose(p.mean(1), h.mean(1), atol=1e-5)  # ...of the same crop and flip
         chroma = lambda x: (x - x.mean(1, keepdim=True)).norm(dim=1)  # noqa: E731
         assert torch.allclose(chroma(p), chroma(h), atol=1e-5)
+
+
+# --- several starts ----------------------------------------------------------------------------
+
+def test_batched_starts_are_the_single_runs_of_their_seeds(pipe):
+    """K starts in one UNet batch are K independent runs: start k ends where a plain run seeded
+    ``start_seed(seed, k)`` ends (up to the float rounding of a larger batch), and the starts differ."""
+    cfg = fast(steps=4, seed=2, starts=3, start_steps=4)  # the choice after the last step
+    res = invert(pipe, clip(), cfg, progress=False)
+    choice = res.embedding.metadata["start_choice"]
+    singles = [invert(pipe, clip(), fast(steps=4, seed=start_seed(2, k)), progress=False) for k in range(3)]
+    assert choice["chosen"] == min(range(3), key=choice["probe_losses"].__getitem__)
+    assert choice["seed"] == start_seed(2, choice["chosen"]) and choice["after_steps"] == 4
+    chosen = singles[choice["chosen"]]
+    assert torch.allclose(res.embedding.tensor, chosen.embedding.tensor, atol=1e-4)
+    assert res.losses == pytest.approx(chosen.losses, rel=1e-4)
+    assert not torch.allclose(singles[0].embedding.tensor, singles[1].embedding.tensor, atol=1e-2)
+    assert start_seed(2, 0) == 2  # starts=1 is the plain run
+
+
+def test_the_probe_scores_every_start_on_the_same_draws(pipe):
+    cfg = fast(probe_draws=3)
+    with _frozen(pipe, cfg):
+        latents = encode_reference(pipe.vae, clip(), cfg)
+        init = initial_embedding(pipe, clip(), cfg, 32)
+        other = torch.randn(init.shape, generator=torch.Generator().manual_seed(1))
+        states = [InversionState.create(e, cfg, FRAMES, torch.device("cpu"), False, s)
+                  for e, s in ((init, 0), (other, 1), (init, 2))]  # the stream seed plays no part
+        routing = install_motion_routing(pipe.unet, cfg.tokens, FRAMES)
+        try:
+            together = probe_losses(pipe.unet, states, latents, cfg)
+            alone = [probe_losses(pipe.unet, [s], latents, cfg)[0] for s in states]
+        finally:
+            routing.remove()
+    assert together[0] == pytest.approx(together[2], rel=1e-6)  # same embedding, same draws
+    assert together[0] != pytest.approx(together[1], rel=1e-3)
+    assert together == pytest.approx(alone, rel=1e-5)  # the batch changes nothing
+
+
+def test_several_starts_resume_after_the_choice_bit_for_bit(pipe, tmp_path):
+    cfg = fast(steps=6, starts=2, start_steps=2, checkpoint_every=2, seed=1)
+    whole = invert(pipe, clip(), cfg, progress=False)
+    out, seen = tmp_path / "m.safetensors", []
+    with pytest.raises(KeyboardInterrupt):
+        invert(pipe, clip(), cfg, output=out, progress=False, callback=interrupt_at(5, seen))
+    assert seen == [1, 2, 3, 4, 5]  # no checkpoint before the choice: the first is at step 4
+    assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 4
+    resumed = invert(pipe, clip(), cfg, output=out, resume=True, progress=False)
+    assert resumed.resumed_from == 4 and torch.equal(resumed.embedding.tensor, whole.embedding.tensor)
+    assert MotionEmbedding.load(out).metadata["start_choice"] == whole.embedding.metadata["start_choice"]

@@ -50,7 +50,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -82,6 +82,8 @@ __all__ = [
     "ReferenceLatents",
     "invert",
     "step",
+    "step_starts",
+    "probe_losses",
     "encode_reference",
     "lr_at",
     "reference_fingerprint",
@@ -151,6 +153,18 @@ class InversionConfig:
                               source="public reimplementation: 1")
     seed: int = setting(0, "seed of initialisation, augmentations and noise sampling",
                         low=0, high=2**63 - 1, flag=False)
+    starts: int = setting(
+        1, "independent starts (own initialisation and noise stream each) explored together in "
+        "one UNet batch for --start-steps; the one with the lowest probe loss is continued",
+        low=1, high=16, group=_OPT,
+        source="paper: one start; the toy-v2 profile measures several (the inversion's seed alone "
+        "swings single references by up to 1.0 cosine there)")
+    start_steps: int = setting(
+        20, "steps every start runs before the choice (they count towards --steps)", low=1,
+        high=10**6, group=_OPT, source="no source; the toy-v2 profile says what it measured")
+    probe_draws: int = setting(
+        8, "noise draws of the probe loss that picks the start: the same draws for every start, "
+        "so the comparison is paired", low=1, high=256, group=_OPT, source="no source")
     early_stop_patience: int = setting(
         0, "stop when the loss EMA has not improved for this many steps (0 = off)", low=0,
         high=10**6, group=_OPT, source="off: the EDM loss is too noisy to be a convergence signal")
@@ -456,11 +470,14 @@ class InversionState:
     offsets: torch.nn.Parameter | None = None  # (F+1, N, d) with frame_lr < 1; param is then (1, N, d)
     step: int = 0
     log: LossLog = field(default_factory=LossLog)
+    start_choice: dict | None = None  # with several starts: which was kept, and every probe loss
 
     @classmethod
     def create(cls, init: torch.Tensor, config: InversionConfig, num_frames: int,
-               device: torch.device, half_precision: bool) -> InversionState:
-        """A fresh state from the initial embedding ``init`` (see :func:`initial_embedding`)."""
+               device: torch.device, half_precision: bool, seed: int | None = None) -> InversionState:
+        """A fresh state from the initial embedding ``init`` (see :func:`initial_embedding`);
+        ``seed`` (default ``config.seed``) seeds its per-step sampling stream."""
+        seed = config.seed if seed is None else seed
         init = init.detach().float().to(device)
         offsets = None
         if init.shape[0] > 1 and config.frame_lr < 1.0:  # common set + per-set offsets
@@ -475,7 +492,7 @@ class InversionState:
         else:
             optimizer = torch.optim.Adam(groups, lr=config.lr)
         scaler = torch.amp.GradScaler(device.type, enabled=half_precision)
-        generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(config.seed + 3)
+        generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(seed + 3)
         lr_scale = float(init.float().pow(2).mean().sqrt()) if config.lr_relative else 1.0
         return cls(param, optimizer, scaler, generator, num_frames, lr_scale, offsets)
 
@@ -511,6 +528,7 @@ class InversionState:
             "rng": self.generator.get_state(),
             "losses": list(self.log.losses),
             "ema": self.log.ema, "best_ema": self.log.best, "since_best": self.log.since_best,
+            "start_choice": self.start_choice,
         }
 
     def load_state_dict(self, d: dict) -> None:
@@ -527,16 +545,19 @@ class InversionState:
         self.step = int(d["step"])
         self.lr_scale = float(d.get("lr_scale", 1.0))
         self.log = LossLog(list(d["losses"]), d["ema"], d["best_ema"], d["since_best"])
+        self.start_choice = d.get("start_choice")
 
 
-def initial_embedding(pipe, frames: torch.Tensor, config: InversionConfig, dim: int) -> torch.Tensor:
+def initial_embedding(pipe, frames: torch.Tensor, config: InversionConfig, dim: int,
+                      seed: int | None = None) -> torch.Tensor:
     """(F+1, N, d) -- or (1, N, d) for ``sets="shared"`` -- float32 on the CPU.
 
     "shared" keeps the temporal set of the full initialisation, i.e. frame 0's CLIP embedding
-    for ``init="clip"``: exactly what stock SVD would attend to for this clip.
+    for ``init="clip"``: exactly what stock SVD would attend to for this clip. ``seed``
+    (default ``config.seed``) draws the noise that makes the N tokens differ.
     """
     num_frames = frames.shape[0]
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed if seed is None else seed)
     if config.init == "clip":
         with torch.no_grad():
             clip = clip_image_embeddings(pipe, frames)
@@ -578,21 +599,68 @@ def step(unet: torch.nn.Module, state: InversionState, latents: ReferenceLatents
     The motion routing must be installed on ``unet`` (``invert`` does it). Returns the loss
     tensor (not synchronised; ``.item()`` it to log).
     """
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr_at(state.step, config) * state.lr_scale * group.get("lr_ratio", 1.0)
-    x0, sigma, x_s, cond, time_ids = sample_batch(latents, config, state.generator)
-    context = flatten_embedding(state.sets()).expand(config.batch_size, -1, -1)
+    return step_starts(unet, [state], latents, config)[0]
+
+
+def step_starts(unet: torch.nn.Module, states: Sequence[InversionState], latents: ReferenceLatents,
+                config: InversionConfig) -> torch.Tensor:
+    """One step of each of ``states`` -- independent starts -- in one UNet batch; ``(K,)`` losses.
+
+    Each start draws its own samples from its own stream and has its own optimiser; the UNet
+    treats batch elements independently (group norm, attention and the frozen weights are per
+    sample), so the summed loss gives every start exactly its own gradient: K starts batched
+    are K single runs, at the cost of one larger batch (on 2 CPU cores 3 starts cost 2.3x one).
+    """
+    draws = []
+    for state in states:
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr_at(state.step, config) * state.lr_scale * group.get("lr_ratio", 1.0)
+        draws.append(sample_batch(latents, config, state.generator))
+    x0, sigma, x_s, cond, time_ids = (torch.cat(parts) for parts in zip(*draws))
+    context = torch.cat([flatten_embedding(s.sets()).expand(config.batch_size, -1, -1) for s in states])
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
     device_type = latents.x0.device.type
     with torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
         denoised = edm.denoise(unet, x_s, sigma, cond, context, time_ids)
-    loss = edm.loss(denoised, x0, sigma)
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    state.step += 1
-    return loss
+    b = config.batch_size
+    losses = [edm.loss(denoised[k * b:(k + 1) * b], x0[k * b:(k + 1) * b], sigma[k * b:(k + 1) * b])
+              for k in range(len(states))]
+    total = None
+    for state, loss in zip(states, losses):
+        state.optimizer.zero_grad(set_to_none=True)
+        scaled = state.scaler.scale(loss)
+        total = scaled if total is None else total + scaled
+    total.backward()
+    for state in states:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.step += 1
+    return torch.stack([loss.detach() for loss in losses])
+
+
+def probe_losses(unet: torch.nn.Module, states: Sequence[InversionState], latents: ReferenceLatents,
+                 config: InversionConfig) -> list[float]:
+    """Each start's EDM loss on the same ``config.probe_draws`` samples (no gradient).
+
+    The training losses of different starts come from different noise draws, and the EDM loss
+    of one draw varies by orders of magnitude with its noise level, so they cannot rank the
+    starts; common draws (a generator seeded ``config.seed + 5``, the training distribution of
+    noise levels) make the comparison paired. Needs the motion routing installed.
+    """
+    gen = torch.Generator(device=latents.x0.device).manual_seed(config.seed + 5)
+    x0, sigma, x_s, cond, time_ids = sample_batch(latents, dataclasses.replace(config, batch_size=config.probe_draws), gen)
+    k = len(states)
+    with torch.no_grad():
+        context = torch.cat([flatten_embedding(s.sets()).expand(config.probe_draws, -1, -1) for s in states])
+        denoised = edm.denoise(unet, x_s.repeat(k, *[1] * (x_s.ndim - 1)), sigma.repeat(k),
+                               cond.repeat(k, *[1] * (cond.ndim - 1)), context, time_ids.repeat(k, 1))
+    n = config.probe_draws
+    return [float(edm.loss(denoised[i * n:(i + 1) * n], x0, sigma)) for i in range(k)]
+
+
+def start_seed(seed: int, k: int) -> int:
+    """The seed of start ``k`` (start 0 is the run's own seed: ``starts=1`` is the plain run)."""
+    return seed + 1_000_003 * k
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -739,17 +807,25 @@ def invert(
     stopped_early = False
 
     with _frozen(pipe, config):
-        # 1. data (every VAE pass happens here, once), 2. the embedding and its optimiser
+        # 1. data (every VAE pass happens here, once), 2. the embedding(s) and optimiser(s)
         latents = encode_reference(pipe.vae, frames, config).to(device)
-        init = ckpt["embedding"] if ckpt else initial_embedding(pipe, frames, config, unet.config.cross_attention_dim)
         half = config.mixed_precision == "fp16" or unet.dtype == torch.float16
-        state = InversionState.create(init, config, num_frames, device, half)
         if ckpt:
+            state = InversionState.create(ckpt["embedding"], config, num_frames, device, half)
             state.load_state_dict(ckpt)
+            starts = [state]
+        else:
+            dim = unet.config.cross_attention_dim
+            starts = [InversionState.create(initial_embedding(pipe, frames, config, dim, seed), config,
+                                            num_frames, device, half, seed)
+                      for seed in (start_seed(config.seed, k) for k in range(config.starts))]
+            state = starts[0]
         resumed_from = state.step
         bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="inverting", unit="step")
         routing = install_motion_routing(unet, config.tokens, num_frames)
         try:
+            if len(starts) > 1:  # 2'. several starts, one batch; keep the best by the probe loss
+                state = _explore_starts(unet, starts, latents, config, bar, callback)
             while state.step < config.steps:
                 # 3. one step, 4. log (the only host-device sync of a step)
                 loss = step(unet, state, latents, config).item()
@@ -779,7 +855,8 @@ def invert(
             bar.close()
 
         # 6. the result: the final file first, then drop the checkpoint
-        result = state.embedding({**meta, "stopped_early": stopped_early})
+        extra = {"start_choice": state.start_choice} if state.start_choice else {}
+        result = state.embedding({**meta, "stopped_early": stopped_early, **extra})
         if output is not None:
             result.save(output)
             ckpt_file.unlink(missing_ok=True)
@@ -790,6 +867,36 @@ def invert(
     seconds = time.perf_counter() - t_start
     return InversionResult(result, list(state.log.losses), state.step, seconds, resumed_from,
                            stopped_early, previews, snapshots)
+
+
+def _explore_starts(unet, starts: list[InversionState], latents: ReferenceLatents,
+                    config: InversionConfig, bar, callback) -> InversionState:
+    """Run every start for ``config.start_steps`` steps in one batch and return the one with the
+    lowest :func:`probe_losses` (recording the choice on it).
+
+    There is no single embedding before the choice, so checkpoints, previews, snapshots and
+    early stopping begin after it; ``callback`` gets the lowest of the starts' losses. A start
+    whose loss or embedding is no longer finite is never chosen; if none is finite, the run
+    stops with :class:`DivergedError`.
+    """
+    while starts[0].step < min(config.start_steps, config.steps):
+        losses = step_starts(unet, starts, latents, config).tolist()
+        for state, loss in zip(starts, losses):
+            state.log.add(loss, config.early_stop_min_delta)
+        finite = [loss for state, loss in zip(starts, losses) if state.is_finite()]
+        if not finite:
+            raise _diverged(starts[0], config, None)
+        bar.update(1)
+        bar.set_postfix(loss=f"{min(finite):.4f}", starts=len(starts))
+        if callback is not None:
+            callback(starts[0].step, min(finite))
+    probes = [p if state.is_finite() and math.isfinite(p) else math.inf
+              for state, p in zip(starts, probe_losses(unet, starts, latents, config))]
+    best = min(range(len(starts)), key=probes.__getitem__)
+    chosen = starts[best]
+    chosen.start_choice = {"chosen": best, "seed": start_seed(config.seed, best), "after_steps": chosen.step,
+                           "probe_losses": [round(p, 6) if math.isfinite(p) else None for p in probes]}
+    return chosen
 
 
 def _checked(config: InversionConfig, frames, output, resume: bool) -> InversionConfig:

@@ -621,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="std of ln sigma of the inversion's noise levels" + model_default)
     p.add_argument("--init", choices=INITS, help="embedding initialisation" + model_default)
     p.add_argument("--frame-lr", type=float, help="inversion " + about("frame_lr") + model_default)
+    p.add_argument("--starts", type=int, help="inversion " + about("starts") + model_default)
+    p.add_argument("--start-steps", type=int, help="inversion " + about("start_steps") + model_default)
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
@@ -677,7 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  and (only is None or i in only))
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
     given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
-                                           "init", "frame_lr") if getattr(args, k) is not None}
+                                           "init", "frame_lr", "starts", "start_steps")
+             if getattr(args, k) is not None}
     try:
         base = profiles.inversion_config(args.model, **given)  # `reenact invert`'s defaults for the model
         base.validate()
@@ -729,7 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{info['threads']} threads (load average at start {info['load_average_at_start']}).",
         f"Model: {args.model} (profile {profiles.profile_for(args.model).name}). {args.refs} references x "
         f"{args.targets} targets; {base.steps} inversion steps (lr {base.lr}, {base.lr_schedule}, ln s ~ "
-        f"N({base.log_sigma_mean}, {base.log_sigma_std}^2), init {base.init}, frame-lr {base.frame_lr}); "
+        f"N({base.log_sigma_mean}, {base.log_sigma_std}^2), init {base.init}, frame-lr {base.frame_lr}, "
+        f"{base.starts} start(s){f' chosen after {base.start_steps} steps' if base.starts > 1 else ''}); "
         f"{args.gen_steps} generation steps. Wall time {_hms(wall)}"
         + (f"; {1000 * per_step:.0f} ms per inversion step (incl. setup)." if per_step else "."),
     ]
