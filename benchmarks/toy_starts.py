@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from reenact import models, profiles
 from reenact import video as vio
 from reenact.files import atomic_write
 from reenact.inversion import (InversionState, _embedding_metadata, _frozen, encode_reference,
-                               initial_embedding, probe_losses, reference_fingerprint, start_seed,
+                               initial_embedding, probe_losses, reference_fingerprint, rotate_hue, start_seed,
                                step_starts)
 from reenact.routing import install_motion_routing
 from reenact.toy import bench
@@ -43,12 +44,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--probe-at", default="10,15,20,30,40,80")
     p.add_argument("--draws", default="8,16")
+    p.add_argument("--hue-angles", default="",
+                   help="also probe on the clip with its hues rotated by these angles (degrees, comma-"
+                        "separated): the same motion in other colours, which an embedding that learned "
+                        "the motion rather than the appearance should still denoise")
     p.add_argument("--model", default="toy-v2")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     probe_at = {int(s) for s in args.probe_at.split(",")}
     draws = [int(d) for d in args.draws.split(",")]
+    angles = [math.radians(float(a)) for a in args.hue_angles.split(",") if a.strip()]
     pipe = models.load_pipeline(args.model, "cpu", torch.float32)
     geometry = models.native_geometry(pipe)
     ids = [int(r) for r in args.refs.split(",")]
@@ -66,6 +72,7 @@ def main() -> None:
         probes: dict[str, list[float]] = {}
         with _frozen(pipe, config):
             latents = encode_reference(pipe.vae, frames, config).to(device)
+            hued = [encode_reference(pipe.vae, rotate_hue(frames, a), config).to(device) for a in angles]
             dim = pipe.unet.config.cross_attention_dim
             states = [InversionState.create(initial_embedding(pipe, frames, config, dim, s), config,
                                             frames.shape[0], device, False, s) for s in seeds]
@@ -78,6 +85,9 @@ def main() -> None:
                         for n in draws:
                             c = dataclasses.replace(config, probe_draws=n)
                             probes[f"{states[0].step}/{n}"] = [round(v, 6) for v in probe_losses(pipe.unet, states, latents, c)]
+                            if hued:
+                                per = [probe_losses(pipe.unet, states, h, c) for h in hued]
+                                probes[f"hue{states[0].step}/{n}"] = [round(float(np.mean(v)), 6) for v in zip(*per)]
             finally:
                 routing.remove()
         inv_s = time.perf_counter() - t0

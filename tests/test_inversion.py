@@ -500,3 +500,28 @@ def test_several_starts_resume_after_the_choice_bit_for_bit(pipe, tmp_path):
     resumed = invert(pipe, clip(), cfg, output=out, resume=True, progress=False)
     assert resumed.resumed_from == 4 and torch.equal(resumed.embedding.tensor, whole.embedding.tensor)
     assert MotionEmbedding.load(out).metadata["start_choice"] == whole.embedding.metadata["start_choice"]
+
+
+def test_the_hue_probe_ranks_the_starts_on_recoloured_copies_of_the_reference(pipe, monkeypatch):
+    """probe="hue": the starts are compared on the reference with its colours turned by 90, 180
+    and 270 degrees (same motion, other colours), the mean over the three copies deciding."""
+    import reenact.inversion as inv
+
+    seen, means = [], []
+    real = inv.probe_losses
+
+    def spy(unet, states, latents, config):
+        out = real(unet, states, latents, config)
+        seen.append(latents.x0.clone())
+        means.append(out)
+        return out
+
+    monkeypatch.setattr(inv, "probe_losses", spy)
+    cfg = fast(steps=3, starts=3, start_steps=2, probe="hue")
+    res = invert(pipe, clip(), cfg, progress=False)
+    expected = [encode_reference(pipe.vae, rotate_hue(clip(), a), cfg).x0 for a in inv.HUE_PROBE_ANGLES]
+    assert len(seen) == 3 and all(torch.allclose(s, e) for s, e in zip(seen, expected))
+    average = [sum(v) / 3 for v in zip(*means)]
+    choice = res.embedding.metadata["start_choice"]
+    assert choice["chosen"] == min(range(3), key=average.__getitem__)
+    assert choice["probe_losses"] == [round(v, 6) for v in average]

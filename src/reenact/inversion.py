@@ -103,6 +103,9 @@ OPTIMIZERS = ("adam", "adamw")
 SETS = ("per-frame", "shared")
 INITS = ("clip", "random", "zeros")
 PRECISIONS = ("no", "fp16", "bf16")
+PROBES = ("plain", "hue")
+#: Hue rotations of the reference that ``probe="hue"`` measures the starts on.
+HUE_PROBE_ANGLES = (math.pi / 2, math.pi, 3 * math.pi / 2)
 #: Config fields that may change between an interrupted run and its resumption: they do not
 #: change what is optimised (``steps`` may be raised to extend a run; with a cosine schedule
 #: the remaining schedule then follows the new length; ``lr`` may be lowered to continue a run
@@ -154,14 +157,21 @@ class InversionConfig:
     seed: int = setting(0, "seed of initialisation, augmentations and noise sampling",
                         low=0, high=2**63 - 1, flag=False)
     starts: int = setting(
-        1, "independent starts (own initialisation and noise stream each) explored together in "
-        "one UNet batch for --start-steps; the one with the lowest probe loss is continued",
+        1, "independent starts (own initialisation and noise stream each) run together in one "
+        "UNet batch for --start-steps; the one with the lowest probe loss is continued",
         low=1, high=16, group=_OPT,
-        source="paper: one start; the toy-v2 profile measures several (the inversion's seed alone "
-        "swings single references by up to 1.0 cosine there)")
+        source="paper: one start; on the toy-v2 model a choice after 10-40 steps scored below one "
+        "start (benchmarks/toy_starts.py, docs/RESULTS.md); K x the activation memory of a step")
     start_steps: int = setting(
-        20, "steps every start runs before the choice (they count towards --steps)", low=1,
-        high=10**6, group=_OPT, source="no source; the toy-v2 profile says what it measured")
+        20, "steps every start runs before the choice (they count towards --steps; >= --steps: "
+        "the choice is made at the end)", low=1, high=10**6, group=_OPT,
+        source="no source: 10, 20 and 40 were screened (docs/RESULTS.md)")
+    probe: str = setting(
+        "plain", "what the probe loss is measured on: plain: the reference; hue: the reference with "
+        "its colours turned by 90, 180 and 270 degrees (the same motion in other colours, which an "
+        "embedding that learned the motion rather than the colours still denoises)",
+        choices=PROBES, group=_OPT,
+        source="no source; on the toy-v2 model hue picked better after 40 steps (docs/RESULTS.md)")
     probe_draws: int = setting(
         8, "noise draws of the probe loss that picks the start: the same draws for every start, "
         "so the comparison is paired", low=1, high=256, group=_OPT, source="no source")
@@ -825,7 +835,9 @@ def invert(
         routing = install_motion_routing(unet, config.tokens, num_frames)
         try:
             if len(starts) > 1:  # 2'. several starts, one batch; keep the best by the probe loss
-                state = _explore_starts(unet, starts, latents, config, bar, callback)
+                probe_on = [latents] if config.probe == "plain" else [
+                    encode_reference(pipe.vae, rotate_hue(frames, a), config).to(device) for a in HUE_PROBE_ANGLES]
+                state = _explore_starts(unet, starts, latents, probe_on, config, bar, callback)
             while state.step < config.steps:
                 # 3. one step, 4. log (the only host-device sync of a step)
                 loss = step(unet, state, latents, config).item()
@@ -870,9 +882,10 @@ def invert(
 
 
 def _explore_starts(unet, starts: list[InversionState], latents: ReferenceLatents,
-                    config: InversionConfig, bar, callback) -> InversionState:
+                    probe_on: list[ReferenceLatents], config: InversionConfig, bar, callback) -> InversionState:
     """Run every start for ``config.start_steps`` steps in one batch and return the one with the
-    lowest :func:`probe_losses` (recording the choice on it).
+    lowest :func:`probe_losses`, averaged over ``probe_on`` (the reference's latents, or those of
+    its hue-turned copies), recording the choice on it.
 
     There is no single embedding before the choice, so checkpoints, previews, snapshots and
     early stopping begin after it; ``callback`` gets the lowest of the starts' losses. A start
@@ -890,8 +903,9 @@ def _explore_starts(unet, starts: list[InversionState], latents: ReferenceLatent
         bar.set_postfix(loss=f"{min(finite):.4f}", starts=len(starts))
         if callback is not None:
             callback(starts[0].step, min(finite))
+    per_clip = [probe_losses(unet, starts, clip, config) for clip in probe_on]
     probes = [p if state.is_finite() and math.isfinite(p) else math.inf
-              for state, p in zip(starts, probe_losses(unet, starts, latents, config))]
+              for state, p in zip(starts, (sum(ps) / len(ps) for ps in zip(*per_clip)))]
     best = min(range(len(starts)), key=probes.__getitem__)
     chosen = starts[best]
     chosen.start_choice = {"chosen": best, "seed": start_seed(config.seed, best), "after_steps": chosen.step,

@@ -65,7 +65,7 @@ from reenact import video as vio
 from reenact.embedding import MotionEmbedding
 from reenact.errors import ConfigError
 from reenact.files import atomic_write
-from reenact.inversion import INITS, SCHEDULES, InversionConfig, invert
+from reenact.inversion import INITS, PROBES, SCHEDULES, InversionConfig, invert
 from reenact.pipeline import GenerationConfig
 from reenact.settings import describe
 from reenact.toy import world
@@ -623,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-lr", type=float, help="inversion " + about("frame_lr") + model_default)
     p.add_argument("--starts", type=int, help="inversion " + about("starts") + model_default)
     p.add_argument("--start-steps", type=int, help="inversion " + about("start_steps") + model_default)
+    p.add_argument("--probe", choices=PROBES, help="inversion " + about("probe") + model_default)
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
@@ -679,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  and (only is None or i in only))
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
     given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
-                                           "init", "frame_lr", "starts", "start_steps")
+                                           "init", "frame_lr", "starts", "start_steps", "probe")
              if getattr(args, k) is not None}
     try:
         base = profiles.inversion_config(args.model, **given)  # `reenact invert`'s defaults for the model
@@ -733,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Model: {args.model} (profile {profiles.profile_for(args.model).name}). {args.refs} references x "
         f"{args.targets} targets; {base.steps} inversion steps (lr {base.lr}, {base.lr_schedule}, ln s ~ "
         f"N({base.log_sigma_mean}, {base.log_sigma_std}^2), init {base.init}, frame-lr {base.frame_lr}, "
-        f"{base.starts} start(s){f' chosen after {base.start_steps} steps' if base.starts > 1 else ''}); "
+        f"{base.starts} start(s){f' chosen after {base.start_steps} steps by the {base.probe} probe' if base.starts > 1 else ''}); "
         f"{args.gen_steps} generation steps. Wall time {_hms(wall)}"
         + (f"; {1000 * per_step:.0f} ms per inversion step (incl. setup)." if per_step else "."),
     ]
