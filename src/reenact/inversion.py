@@ -160,18 +160,19 @@ class InversionConfig:
         1, "independent starts (own initialisation and noise stream each) run together in one "
         "UNet batch for --start-steps; the one with the lowest probe loss is continued",
         low=1, high=16, group=_OPT,
-        source="paper: one start; on the toy-v2 model a choice after 10-40 steps scored below one "
-        "start (benchmarks/toy_starts.py, docs/RESULTS.md); K x the activation memory of a step")
+        source="paper: one start; on the toy-v2 model 3 starts (--probe hue, chosen after 40 steps) "
+        "scored 0.879 vs 0.857 for one at 2.7x the time, over its 30 s budget, so off "
+        "(docs/RESULTS.md); K x the activation memory of a step")
     start_steps: int = setting(
         20, "steps every start runs before the choice (they count towards --steps; >= --steps: "
         "the choice is made at the end)", low=1, high=10**6, group=_OPT,
-        source="no source: 10, 20 and 40 were screened (docs/RESULTS.md)")
+        source="no source (the toy-v2 profile: 40, measured)")
     probe: str = setting(
         "plain", "what the probe loss is measured on: plain: the reference; hue: the reference with "
         "its colours turned by 90, 180 and 270 degrees (the same motion in other colours, which an "
         "embedding that learned the motion rather than the colours still denoises)",
         choices=PROBES, group=_OPT,
-        source="no source; on the toy-v2 model hue picked better after 40 steps (docs/RESULTS.md)")
+        source="no source (the toy-v2 profile: hue, measured)")
     probe_draws: int = setting(
         8, "noise draws of the probe loss that picks the start: the same draws for every start, "
         "so the comparison is paired", low=1, high=256, group=_OPT, source="no source")

@@ -100,6 +100,13 @@ TOY_V2 = Profile(
                                         "(0.7 -> 3.5; 2.0 and 2.8 in between, 4.5 lower; "
                                         "benchmarks/toy_variants.py); the full benchmark: "
                                         "docs/RESULTS.md"),
+        "start_steps": Override(40, "with --starts K: 10, 20 and 40 steps screened on 14 references "
+                                    "(benchmarks/toy_starts.py); only 40 kept better starts than "
+                                    "one; starts itself stays 1 (docs/RESULTS.md)"),
+        "probe": Override("hue", "with --starts K: after 40 steps the hue probe kept starts scoring "
+                                 "0.76 vs 0.68 for the plain probe (10 references, "
+                                 "benchmarks/toy_starts.py); 3 starts on the full benchmark: 0.879 "
+                                 "vs 0.857 for one, at 2.7x the time (docs/RESULTS.md)"),
     },
 )
 
