@@ -161,7 +161,7 @@ class InversionConfig:
         "UNet batch for --start-steps; the one with the lowest probe loss is continued",
         low=1, high=16, group=_OPT,
         source="paper: one start; on the toy-v2 model 3 starts (--probe hue, chosen after 40 steps) "
-        "scored 0.879 vs 0.857 for one at 2.7x the time, over its 30 s budget, so off "
+        "scored 0.879 vs 0.857 for one at twice the time, over its 30 s budget, so off "
         "(docs/RESULTS.md); K x the activation memory of a step")
     start_steps: int = setting(
         20, "steps every start runs before the choice (they count towards --steps; >= --steps: "
@@ -629,9 +629,7 @@ def step_starts(unet: torch.nn.Module, states: Sequence[InversionState], latents
         draws.append(sample_batch(latents, config, state.generator))
     x0, sigma, x_s, cond, time_ids = (torch.cat(parts) for parts in zip(*draws))
     context = torch.cat([flatten_embedding(s.sets()).expand(config.batch_size, -1, -1) for s in states])
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
-    device_type = latents.x0.device.type
-    with torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+    with _autocast(config, latents.x0.device.type):
         denoised = edm.denoise(unet, x_s, sigma, cond, context, time_ids)
     b = config.batch_size
     losses = [edm.loss(denoised[k * b:(k + 1) * b], x0[k * b:(k + 1) * b], sigma[k * b:(k + 1) * b])
@@ -656,17 +654,30 @@ def probe_losses(unet: torch.nn.Module, states: Sequence[InversionState], latent
     The training losses of different starts come from different noise draws, and the EDM loss
     of one draw varies by orders of magnitude with its noise level, so they cannot rank the
     starts; common draws (a generator seeded ``config.seed + 5``, the training distribution of
-    noise levels) make the comparison paired. Needs the motion routing installed.
+    noise levels) make the comparison paired. One draw at a time for all starts, under the
+    step's autocast: never a larger batch than a training step of the starts (no memory
+    surprise on a real card). Needs the motion routing installed.
     """
     gen = torch.Generator(device=latents.x0.device).manual_seed(config.seed + 5)
     x0, sigma, x_s, cond, time_ids = sample_batch(latents, dataclasses.replace(config, batch_size=config.probe_draws), gen)
     k = len(states)
-    with torch.no_grad():
-        context = torch.cat([flatten_embedding(s.sets()).expand(config.probe_draws, -1, -1) for s in states])
-        denoised = edm.denoise(unet, x_s.repeat(k, *[1] * (x_s.ndim - 1)), sigma.repeat(k),
-                               cond.repeat(k, *[1] * (cond.ndim - 1)), context, time_ids.repeat(k, 1))
-    n = config.probe_draws
-    return [float(edm.loss(denoised[i * n:(i + 1) * n], x0, sigma)) for i in range(k)]
+    totals = [0.0] * k
+    with torch.no_grad(), _autocast(config, latents.x0.device.type):
+        context = torch.cat([flatten_embedding(s.sets()) for s in states])
+        for d in range(config.probe_draws):
+            one = slice(d, d + 1)
+            denoised = edm.denoise(unet, x_s[one].expand(k, *x_s.shape[1:]), sigma[one].expand(k),
+                                   cond[one].expand(k, *cond.shape[1:]), context,
+                                   time_ids[one].expand(k, -1))
+            for i in range(k):
+                totals[i] += float(edm.loss(denoised[i:i + 1], x0[one], sigma[one]))
+    return [t / config.probe_draws for t in totals]
+
+
+def _autocast(config: InversionConfig, device_type: str):
+    """The autocast context of ``config.mixed_precision`` (a no-op for "no")."""
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+    return torch.autocast(device_type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
 
 def start_seed(seed: int, k: int) -> int:
