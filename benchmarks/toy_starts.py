@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -27,13 +26,13 @@ import torch
 
 from reenact import models, profiles
 from reenact import video as vio
-from reenact.files import atomic_write
 from reenact.inversion import (InversionState, _embedding_metadata, _frozen, encode_reference,
                                initial_embedding, probe_losses, reference_fingerprint, rotate_hue, start_seed,
                                step_starts)
 from reenact.routing import install_motion_routing
 from reenact.toy import bench
 from reenact.toy.metrics import score_video
+from toy_variants import append_row, reference  # benchmarks/toy_variants.py (this script's folder)
 
 
 def main() -> None:
@@ -62,8 +61,7 @@ def main() -> None:
     device = pipe.unet.device
     for rid in ids:
         t0 = time.perf_counter()
-        ref = plan[rid]
-        targets = bench.pick_targets(ref, 3, *geometry)
+        ref, targets, _ = reference(pipe, str(rid), plan)
         images = [vio.tensor_to_images(t.video[0])[0] for t in targets]
         image_tensors = [vio.image_to_tensor(im) for im in images]
         config = profiles.inversion_config(args.model, seed=rid, steps=args.steps)
@@ -101,10 +99,7 @@ def main() -> None:
         row = {"ref": rid, "motion": ref.motion, "seeds": seeds, "cos": [round(c, 3) for c in cos],
                "dir": dirs, "loss_last20": [round(float(np.mean(s.log.losses[-20:])), 5) for s in states],
                "probes": probes, "inv_s": round(inv_s, 1), "total_s": round(time.perf_counter() - t0, 1)}
-        print(json.dumps(row), flush=True)
-        old = args.out.read_text() if args.out.exists() else ""
-        with atomic_write(args.out) as tmp:
-            Path(tmp).write_text(old + json.dumps(row) + "\n")
+        append_row(args.out, row)
 
 
 if __name__ == "__main__":

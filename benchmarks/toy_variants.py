@@ -86,10 +86,16 @@ def main() -> None:
                    "inv_s": round(seconds, 1), "total_s": round(time.perf_counter() - t0, 1)}
             if final_loss is not None:
                 row["loss_last20"] = round(final_loss, 5)
-            print(json.dumps(row), flush=True)
-            old = args.out.read_text() if args.out.exists() else ""
-            with atomic_write(args.out) as tmp:
-                Path(tmp).write_text(old + json.dumps(row) + "\n")
+            append_row(args.out, row)
+
+
+def append_row(out: Path, row: dict) -> None:
+    """Print ``row`` and append it to the JSON-lines file ``out`` (rewritten atomically: an
+    interrupted screen never leaves half a line)."""
+    print(json.dumps(row), flush=True)
+    old = out.read_text() if out.exists() else ""
+    with atomic_write(out) as tmp:
+        Path(tmp).write_text(old + json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
