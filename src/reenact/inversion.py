@@ -37,6 +37,11 @@ Decisions made here (the paper is silent on them; the knobs are fields of
 * **Per-frame sets as a common set plus offsets** (``frame_lr`` < 1): the offsets get their
   own Adam parameter group at ``frame_lr`` x the learning rate; 1 keeps the paper's independent
   sets (the tensor itself, one group). See docs/METHOD.md.
+* **Several starts** (``starts`` > 1; the paper runs one): K starts, each with its own
+  initialisation and noise stream, run in one UNet batch (:func:`step_starts`) for
+  ``start_steps``; the one with the lowest :func:`probe_losses` on noise draws common to all
+  (and, with ``probe="hue"``, on hue-turned copies of the clip, encoded with the rest before
+  the loop) is continued alone. Checkpoints begin after the choice.
 * **Learning-rate schedule** is a pure function of the step (:func:`lr_at`), so there is no
   scheduler state to save.
 """
@@ -831,6 +836,9 @@ def invert(
     with _frozen(pipe, config):
         # 1. data (every VAE pass happens here, once), 2. the embedding(s) and optimiser(s)
         latents = encode_reference(pipe.vae, frames, config).to(device)
+        several = config.starts > 1 and not ckpt
+        probe_on = [latents] if not several or config.probe == "plain" else [
+            encode_reference(pipe.vae, rotate_hue(frames, a), config).to(device) for a in HUE_PROBE_ANGLES]
         half = config.mixed_precision == "fp16" or unet.dtype == torch.float16
         if ckpt:
             state = InversionState.create(ckpt["embedding"], config, num_frames, device, half)
@@ -846,9 +854,7 @@ def invert(
         bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="inverting", unit="step")
         routing = install_motion_routing(unet, config.tokens, num_frames)
         try:
-            if len(starts) > 1:  # 2'. several starts, one batch; keep the best by the probe loss
-                probe_on = [latents] if config.probe == "plain" else [
-                    encode_reference(pipe.vae, rotate_hue(frames, a), config).to(device) for a in HUE_PROBE_ANGLES]
+            if several:  # 2'. several starts, one batch; keep the best by the probe loss
                 state = _explore_starts(unet, starts, latents, probe_on, config, bar, callback)
             while state.step < config.steps:
                 # 3. one step, 4. log (the only host-device sync of a step)
