@@ -26,9 +26,8 @@ import torch
 
 from reenact import models, profiles
 from reenact import video as vio
-from reenact.inversion import (InversionState, _embedding_metadata, _frozen, encode_reference,
-                               initial_embedding, probe_losses, reference_fingerprint, rotate_hue, start_seed,
-                               step_starts)
+from reenact.inversion import (_embedding_metadata, _frozen, create_starts, encode_reference, probe_losses,
+                               reference_fingerprint, rotate_hue, start_seed, step_starts)
 from reenact.routing import install_motion_routing
 from reenact.toy import bench
 from reenact.toy.metrics import score_video
@@ -64,16 +63,14 @@ def main() -> None:
         ref, targets, _ = reference(pipe, str(rid), plan)
         images = [vio.tensor_to_images(t.video[0])[0] for t in targets]
         image_tensors = [vio.image_to_tensor(im) for im in images]
-        config = profiles.inversion_config(args.model, seed=rid, steps=args.steps)
+        config = profiles.inversion_config(args.model, seed=rid, steps=args.steps, starts=args.starts)
         frames = ref.video.detach().float().cpu()
         seeds = [start_seed(rid, k) for k in range(args.starts)]
         probes: dict[str, list[float]] = {}
         with _frozen(pipe, config):
             latents = encode_reference(pipe.vae, frames, config).to(device)
             hued = [encode_reference(pipe.vae, rotate_hue(frames, a), config).to(device) for a in angles]
-            dim = pipe.unet.config.cross_attention_dim
-            states = [InversionState.create(initial_embedding(pipe, frames, config, dim, s), config,
-                                            frames.shape[0], device, False, s) for s in seeds]
+            states = create_starts(pipe, frames, config, device, False)
             routing = install_motion_routing(pipe.unet, config.tokens, frames.shape[0])
             try:
                 while states[0].step < config.steps:
@@ -91,7 +88,7 @@ def main() -> None:
         inv_s = time.perf_counter() - t0
         meta = _embedding_metadata(pipe, frames, config, "", reference_fingerprint(frames)["sha256"], None)
         cos, dirs = [], []
-        for state, seed in zip(states, seeds):
+        for state in states:
             videos = bench.generate(pipe, images, state.embedding(meta), steps=10, seed=rid)
             scores = [score_video(v, ref, t, im) for v, t, im in zip(videos, targets, image_tensors)]
             cos.append(float(np.mean([s["trajectory_cosine"] for s in scores])))

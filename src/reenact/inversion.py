@@ -89,6 +89,7 @@ __all__ = [
     "step",
     "step_starts",
     "probe_losses",
+    "create_starts",
     "encode_reference",
     "lr_at",
     "reference_fingerprint",
@@ -690,6 +691,16 @@ def start_seed(seed: int, k: int) -> int:
     return seed + 1_000_003 * k
 
 
+def create_starts(pipe, frames: torch.Tensor, config: InversionConfig, device: torch.device,
+                  half_precision: bool) -> list[InversionState]:
+    """The ``config.starts`` fresh states of a run: start k initialised and streamed from
+    :func:`start_seed` ``(config.seed, k)``."""
+    dim = pipe.unet.config.cross_attention_dim
+    seeds = [start_seed(config.seed, k) for k in range(config.starts)]
+    return [InversionState.create(initial_embedding(pipe, frames, config, dim, seed), config, frames.shape[0],
+                                  device, half_precision, seed) for seed in seeds]
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, state: InversionState, config: InversionConfig, reference: dict,
@@ -845,10 +856,7 @@ def invert(
             state.load_state_dict(ckpt)
             starts = [state]
         else:
-            dim = unet.config.cross_attention_dim
-            starts = [InversionState.create(initial_embedding(pipe, frames, config, dim, seed), config,
-                                            num_frames, device, half, seed)
-                      for seed in (start_seed(config.seed, k) for k in range(config.starts))]
+            starts = create_starts(pipe, frames, config, device, half)
             state = starts[0]
         resumed_from = state.step
         bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc="inverting", unit="step")

@@ -727,6 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     steps_total = sum(v["steps"] for v in run.inversions)
     per_step = sum(v["seconds"] for v in run.inversions) / steps_total if steps_total else None
+    starts = f"{base.starts} start(s)" + (f" chosen after {base.start_steps} steps by the {base.probe} probe"
+                                          if base.starts > 1 else "")
     notes = [
         f"Command: `{command}`",
         f"Machine: {info['machine']}, {info['cpu_count']} cores, torch {info['torch']}, "
@@ -734,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Model: {args.model} (profile {profiles.profile_for(args.model).name}). {args.refs} references x "
         f"{args.targets} targets; {base.steps} inversion steps (lr {base.lr}, {base.lr_schedule}, ln s ~ "
         f"N({base.log_sigma_mean}, {base.log_sigma_std}^2), init {base.init}, frame-lr {base.frame_lr}, "
-        f"{base.starts} start(s){f' chosen after {base.start_steps} steps by the {base.probe} probe' if base.starts > 1 else ''}); "
+        f"{starts}); "
         f"{args.gen_steps} generation steps. Wall time {_hms(wall)}"
         + (f"; {1000 * per_step:.0f} ms per inversion step (incl. setup)." if per_step else "."),
     ]

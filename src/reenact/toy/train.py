@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> None:
             rec = vae.decode(z, num_frames=NUM_FRAMES).sample
             history["vae_psnr"] = psnr(rec, video.flatten(0, 1))
             sf = 1.0 / z.std().item()
-        if args.init_from is not None:
+        if args.init_from is not None:  # the scale the UNet was trained with, not this device's re-measure
             sf = init_scale
         vae.register_to_config(scaling_factor=sf)
         history["scaling_factor"] = sf
