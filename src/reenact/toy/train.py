@@ -399,7 +399,7 @@ def write_model_card(out: Path, args, history: dict, wall: dict) -> None:
                           f"{init['unet_s'] / 60:.1f} min), which the commands above it produced, with a fresh optimiser "
                           f"and its own learning-rate schedule; the loss curve and the swap table below are the last "
                           f"command's (its step 0 is the starting point).\n")
-    text = f"""# reenact toy model (`--model toy`)
+    text = f"""# reenact toy model v2 (`--model toy-v2`)
 
 An image-to-video model with Stable Video Diffusion's architecture at toy size, trained on the
 v2 toy world of `reenact.toy.world` (`make_scene_clip`) so that motion-textual inversion runs and
