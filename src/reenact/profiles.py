@@ -110,7 +110,8 @@ TOY_V2 = Profile(
         "probe": Override("hue", "with --starts K: after 40 steps the hue probe kept starts scoring "
                                  "0.76 vs 0.68 for the plain probe (10 references, "
                                  "benchmarks/toy_starts.py); 3 starts on the full benchmark: 0.879 "
-                                 "vs 0.857 for one, at twice the time (docs/RESULTS.md)"),
+                                 "vs 0.857 for one, at twice the time (pre-trained weights; "
+                                 "docs/RESULTS.md)"),
     },
 )
 
