@@ -306,6 +306,38 @@ def test_shards_merge_into_the_run_they_split(trained, tmp_path, capsys):
     assert "not a readable benchmark result" in capsys.readouterr().err
 
 
+def test_draws_at_other_seeds_pool_into_one_table(trained, tmp_path, capsys):
+    """One run is one draw of the inversion's randomness; --merge --pool combines draws at other
+    --seed s (the same references and targets) into one table, each draw's figures kept beside it."""
+    out, _ = trained
+    common = ["--model", str(out), "--refs", "2", "--targets", "1", "--steps", "2", "--gen-steps", "2",
+              "--threads", "1", "--examples", "0", "--no-reconstruct"]
+    draws = {0: tmp_path / "d0", 5: tmp_path / "d5"}
+    assert bench.main([*common, "--configs", "a,e", "--out", str(draws[0])]) == 0
+    assert bench.main([*common, "--configs", "e", "--seed", "5", "--out", str(draws[5])]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # without --pool, another seed is another benchmark
+        bench.main(["--merge", *map(str, draws.values()), "--out", str(tmp_path / "bad")])
+    assert "add --pool" in capsys.readouterr().err
+    assert bench.main(["--merge", *map(str, draws.values()), "--pool", "--out", str(tmp_path / "pooled")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    runs = {seed: json.loads((d / "results.json").read_text()) for seed, d in draws.items()}
+    e_rows = {seed: [r for r in run["records"] if r["config"] == "e"] for seed, run in runs.items()}
+    # the configurations every draw ran (e), all their videos, each tagged with its draw
+    assert pooled["complete"] and {r["config"] for r in pooled["records"]} == {"e"}
+    assert sorted((r["draw_seed"], r["ref"]) for r in pooled["records"]) == sorted(
+        (seed, r["ref"]) for seed, rows in e_rows.items() for r in rows)
+    assert [r["target_seed"] for r in e_rows[0]] == [r["target_seed"] for r in e_rows[5]]  # same targets
+    cos = [r["trajectory_cosine"] for rows in e_rows.values() for r in rows]
+    assert pooled["summary"]["e"]["trajectory_cosine_mean"] == pytest.approx(float(np.mean(cos)))
+    for seed, run in runs.items():  # each draw's own figures, as its own run reported them
+        assert pooled["draws"][str(seed)]["e"]["trajectory_cosine_mean"] == pytest.approx(
+            run["summary"]["e"]["trajectory_cosine_mean"])
+    assert "| (e) |" in (tmp_path / "pooled" / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--pool", "--out", str(tmp_path / "x")])
+
+
 def test_the_oracle_is_the_training_context(trained):
     out, _ = trained
     ref = world.make_scene_clip(5)

@@ -641,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
                    help="no run: combine the results.json of complete shards of one benchmark into "
                         "--out; a reference found in several folders is taken from the last one")
+    p.add_argument("--pool", action="store_true",
+                   help="with --merge: the folders may hold runs at different --seed s (independent "
+                        "draws of the inversion's randomness); pool their videos into one table, "
+                        "with each draw's figures beside it")
     return p
 
 
@@ -661,8 +665,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     shard = _parse_shard(parser, args.shard)
     only = _parse_only(parser, args.only, args.refs)
     command = "reenact bench toy " + shlex.join(argv)
+    if args.pool and not args.merge:
+        parser.error("--pool combines finished runs: use it with --merge DIR ...")
     if args.merge:
-        return _merge(parser, args.merge, args.out, command)
+        return _merge(parser, args.merge, args.out, command, pool=args.pool)
     torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
@@ -775,14 +781,31 @@ def _parse_only(parser: argparse.ArgumentParser, text: str | None, refs: int) ->
 
 #: settings that must agree for shards to be one benchmark
 _SHARD_KEYS = ("refs", "targets", "configs", "gen_steps", "seed", "model", "inversion", "no_reconstruct")
+#: what may differ between the draws that --pool combines (the draw's seed; which configurations
+#: and diagnostics each draw ran: the pooled table keeps the configurations every draw has)
+_POOL_FREE = ("seed", "configs", "no_reconstruct")
 
 
-def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, command: str) -> int:
+def _shard_entries(doc: dict) -> list[dict]:
+    """The runs behind a results.json: itself, or the shards a merge combined."""
+    if "shards" in doc:
+        return doc["shards"]
+    return [{"command": doc["command"], "machine": doc["machine"], "wall_seconds": doc["wall_seconds"]}]
+
+
+def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, command: str,
+           pool: bool = False) -> int:
     """Combine shards of one benchmark (same settings) into ``out``: results.json (every record,
     the shards' headers) and table.md, as one run would have written them. A reference in several
     folders is taken from the last (``--only`` reruns it after a fix); a shard stopped early
     contributes the references it finished, and the merge is complete when every planned
-    reference is there."""
+    reference is there.
+
+    ``pool``: the folders may be runs (or merges) at different ``--seed`` s -- independent draws
+    of the inversion's and generation's randomness on the same references and targets -- and
+    their videos are pooled: one run of the benchmark is one draw, and single references flip
+    between draws (docs/RESULTS.md), so the pooled table is the steadier figure. Each draw is
+    merged as above; results.json also holds each draw's own summary (``draws``)."""
     vio.check_writable_dir(out)
     docs = []
     for folder in folders:
@@ -792,40 +815,81 @@ def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, comm
         except (OSError, ValueError) as e:
             parser.error(f"{path}: not a readable benchmark result ({e}); run the shard first")
         docs.append(doc)  # an unfinished shard holds whole references only (saved after each)
+    keys = [k for k in _SHARD_KEYS if not (pool and k in _POOL_FREE)]
     first = {k: docs[0]["settings"].get(k) for k in _SHARD_KEYS}
+    only_some: set[str] = set()
+    if pool:  # the inversion settings too may differ in the seed, and in settings an older run predates
+        inv = [dict(d["settings"]["inversion"]) for d in docs]
+        common = set.intersection(*(set(i) for i in inv)) - {"seed"}
+        only_some = set.union(*(set(i) for i in inv)) - common - {"seed"}
+        keys.remove("inversion")
     for folder, doc in zip(folders, docs):
-        other = {k: doc["settings"].get(k) for k in _SHARD_KEYS}
-        if other != first:
-            diff = [k for k in _SHARD_KEYS if other[k] != first[k]]
-            parser.error(f"{folder}: a shard of another benchmark (differs in {', '.join(diff)})")
-    # a reference's records come from the last folder that has it (a rerun after a fix)
-    source = {r["ref"]: n for n, d in enumerate(docs) for r in d["records"]}
-    replaced = sorted({r["ref"] for n, d in enumerate(docs) for r in d["records"] if source[r["ref"]] != n})
-    configs = first["configs"]
-    records = [r for n, d in enumerate(docs) for r in d["records"] if source[r["ref"]] == n]
-    inversions = [v for n, d in enumerate(docs) for v in d["inversions"] if source[v["ref"]] == n]
+        other = {k: doc["settings"].get(k) for k in keys}
+        if pool and any(doc["settings"]["inversion"][k] != docs[0]["settings"]["inversion"][k] for k in common):
+            diff = [k for k in sorted(common) if doc["settings"]["inversion"][k] != docs[0]["settings"]["inversion"][k]]
+            parser.error(f"{folder}: not a draw of the same benchmark (inversion differs in {', '.join(diff)})")
+        if other != {k: first[k] for k in keys}:
+            diff = [k for k in keys if other[k] != first[k]]
+            hint = "; runs at other --seed s are other draws: add --pool to pool them" if "seed" in diff else ""
+            parser.error(f"{folder}: a shard of another benchmark (differs in {', '.join(diff)}){hint}")
+    seeds = list(dict.fromkeys(d["settings"]["seed"] for d in docs))
+    configs = [c for c in first["configs"] if all(c in d["settings"]["configs"] for d in docs)]
+    records, inversions, replaced, have = [], [], [], {}
+    for seed in seeds:
+        mine = [(n, d) for n, d in enumerate(docs) if d["settings"]["seed"] == seed]
+        # a reference's records come from the last folder (of this draw) that has it (a rerun after a fix)
+        source = {r["ref"]: n for n, d in mine for r in d["records"]}
+        have[seed] = len(source)
+        replaced += sorted({r["ref"] for n, d in mine for r in d["records"] if source[r["ref"]] != n})
+        tag = {"draw_seed": seed} if pool else {}
+        records += [{**r, **tag} for n, d in mine for r in d["records"]
+                    if source[r["ref"]] == n and r["config"] in configs]
+        inversions += [{**v, **tag} for n, d in mine for v in d["inversions"]
+                       if source[v["ref"]] == n and v["config"] in configs]
     summary = summarise(records, inversions, configs)
-    wall = [round(d["wall_seconds"], 1) for d in docs]
-    doc = {"command": command, "shards": [{"command": d["command"], "machine": d["machine"],
-                                           "wall_seconds": d["wall_seconds"]} for d in docs],
-           "settings": docs[0]["settings"], "complete": len(source) == first["refs"],
-           "replaced_references": replaced,
+    shards = [e for d in docs for e in _shard_entries(d)]
+    wall = [round(e["wall_seconds"], 1) for e in shards]
+    complete = all(n == first["refs"] for n in have.values())
+    doc = {"command": command, "shards": shards, "settings": docs[0]["settings"], "complete": complete,
+           "replaced_references": sorted(set(replaced)),
            "wall_seconds_per_folder": wall, "summary": summary, "inversions": inversions, "records": records}
+    if pool:
+        doc["draws"] = {str(seed): summarise([r for r in records if r["draw_seed"] == seed],
+                                             [v for v in inversions if v["draw_seed"] == seed], configs)
+                        for seed in seeds}
     _write_text(out / "results.json", json.dumps(_finite(doc), indent=1, allow_nan=False))
     notes = [f"Command: `{command}`, merging:"] + [
-        f"- `{d['command']}` on {d['machine']['machine']}, {d['machine']['cpu_count']} cores, "
-        f"{d['machine']['threads']} threads (load average at start {d['machine']['load_average_at_start']}): "
-        f"wall time {_hms(d['wall_seconds'])}" for d in docs]
+        f"- `{e['command']}` on {e['machine']['machine']}, {e['machine']['cpu_count']} cores, "
+        f"{e['machine']['threads']} threads (load average at start {e['machine']['load_average_at_start']}): "
+        f"wall time {_hms(e['wall_seconds'])}" for e in shards]
     unfinished = [str(f) for f, d in zip(folders, docs) if not d.get("complete")]
-    notes.append(f"{len(source)} of {first['refs']} references"
+    counts = ", ".join(f"{have[s]} at seed {s}" for s in seeds) if pool else str(have[seeds[0]])
+    if only_some:
+        notes.append(f"Inversion settings recorded by only some draws (runs made before the setting "
+                     f"existed): {', '.join(sorted(only_some))}")
+    notes.append(f"{counts} of {first['refs']} references"
                  + (f"; stopped early, finished references used: {', '.join(unfinished)}" if unfinished else "")
-                 + (f"; references {replaced} taken from the later folder that reran them" if replaced else ""))
-    _write_text(out / "table.md", "\n\n".join([markdown_table(summary), "\n".join(notes)]) + "\n")
-    print(markdown_table(summary))
+                 + (f"; references {sorted(set(replaced))} taken from the later folder that reran them" if replaced else ""))
+    parts = [markdown_table(summary)]
+    if pool:
+        parts.insert(0, f"Pooled over {len(seeds)} draws (--seed {', '.join(map(str, seeds))}); "
+                        f"configurations every draw ran: {','.join(configs)}.\n\n" + _draws_table(doc["draws"], summary))
+    _write_text(out / "table.md", "\n\n".join(parts + ["\n".join(notes)]) + "\n")
+    print("\n\n".join(parts))
     print()
     print(notes[-1])
     return 0
 
+
+def _draws_table(draws: dict, pooled: dict) -> str:
+    """Mean trajectory cosine / direction accuracy / no-leak rate of each configuration per draw and pooled."""
+    lines = ["| config | " + " | ".join(f"seed {s}" for s in draws) + " | pooled |",
+             "|---|" + "---|" * (len(draws) + 1)]
+    cell = lambda s: (f"{s['trajectory_cosine_mean']:.3f} / {100 * s['direction_accuracy']:.1f}% / "  # noqa: E731
+                      f"{100 * s['no_leak_rate']:.1f}%")
+    for key, s in pooled.items():
+        lines.append(f"| ({key}) | " + " | ".join(cell(d[key]) for d in draws.values()) + f" | {cell(s)} |")
+    return "\n".join(["Trajectory cosine / direction accuracy / no leak:", ""] + lines)
 
 if __name__ == "__main__":
     sys.exit(main())
