@@ -32,7 +32,9 @@ from reenact.inversion import (
     initial_embedding,
     invert,
     lr_at,
+    motion_loss_weight,
     probe_losses,
+    sample_batch,
     rotate_hue,
     start_seed,
 )
@@ -525,3 +527,49 @@ def test_the_hue_probe_ranks_the_starts_on_recoloured_copies_of_the_reference(pi
     choice = res.embedding.metadata["start_choice"]
     assert choice["chosen"] == min(range(3), key=average.__getitem__)
     assert choice["probe_losses"] == [round(v, 6) for v in average]
+
+
+# --- the motion-weighted loss (a flag; the paper's loss is uniform) ----------------------------
+
+def test_the_motion_weight_is_raised_where_the_reference_moves():
+    """A small square moving over a still background: its pixels in every frame weigh most, the
+    background least; the weights average 1 per copy; a still clip weighs uniformly."""
+    g = torch.Generator().manual_seed(0)
+    background = torch.randn(1, 1, 4, 8, 8, generator=g).expand(1, 5, 4, 8, 8).clone()
+    x0 = background.clone()
+    for f in range(5):  # a 2x2 square moving right one pixel per frame
+        x0[0, f, :, 3:5, 1 + f:3 + f] += 3.0
+    w = motion_loss_weight(x0, 4.0)
+    assert w.shape == (1, 5, 1, 8, 8) and w.mean().item() == pytest.approx(1.0, rel=1e-5)
+    on_square = torch.zeros(1, 5, 1, 8, 8, dtype=torch.bool)
+    for f in range(5):
+        on_square[0, f, :, 3:5, 1 + f:3 + f] = True
+    assert w[on_square].min() > 2 * w[~on_square].max()
+    assert torch.allclose(motion_loss_weight(background, 4.0), torch.ones(1, 5, 1, 8, 8))
+
+
+def test_the_motion_weight_enters_the_loss_of_every_draw(pipe):
+    """The default keeps the paper's uniform loss (no weight at all); with --motion-weight each
+    draw carries its copy's weights, and the step minimises the weighted EDM loss."""
+    plain = fast()
+    with _frozen(pipe, plain):
+        assert encode_reference(pipe.vae, clip(), plain).weight is None
+        cfg = fast(motion_weight=4.0, num_augmentations=2, flip_prob=0.5, batch_size=3)
+        latents = encode_reference(pipe.vae, clip(), cfg)
+        assert latents.weight.shape == (3, FRAMES, 1, *latents.x0.shape[-2:])
+        gen = torch.Generator().manual_seed(3)
+        x0, sigma, x_s, cond, ids, weight = sample_batch(latents, cfg, gen)
+        copies = [next(v for v in range(3) if torch.equal(latents.x0[v], x)) for x in x0]
+        assert all(torch.equal(weight[b], latents.weight[c]) for b, c in enumerate(copies))
+        ones = dataclasses.replace(latents, weight=torch.ones_like(latents.weight))
+        init = initial_embedding(pipe, clip(), cfg, 32)
+        routing = install_motion_routing(pipe.unet, cfg.tokens, FRAMES)
+        try:
+            losses = {}
+            for name, lat in (("weighted", latents), ("ones", ones), ("none", dataclasses.replace(latents, weight=None))):
+                state = InversionState.create(init.clone(), cfg, FRAMES, torch.device("cpu"), False, 0)
+                losses[name] = [probe_losses(pipe.unet, [state], lat, cfg)[0]]
+        finally:
+            routing.remove()
+    assert losses["ones"] == pytest.approx(losses["none"], rel=1e-6)  # weight 1 is the plain loss
+    assert losses["weighted"] != pytest.approx(losses["none"], rel=1e-3)

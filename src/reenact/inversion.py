@@ -91,6 +91,7 @@ __all__ = [
     "probe_losses",
     "create_starts",
     "encode_reference",
+    "motion_loss_weight",
     "lr_at",
     "reference_fingerprint",
     "checkpoint_path",
@@ -217,6 +218,13 @@ class InversionConfig:
         "the same (3 references), so SVD's own training distribution is kept")
     log_sigma_std: float = setting(1.6, "std of ln sigma", low=0.0, high=5.0, group=_NOISE,
                                    source="SVD fine-tuning default")
+    motion_weight: float = setting(
+        0.0, "raise the loss weight where the reference moves: w = 1 + this x m, m in [0, 1] each "
+        "latent pixel's largest distance from its temporal median (per clip copy, relative to the "
+        "copy's largest), weights normalised to mean 1 per copy (0 = the paper's uniform loss)",
+        low=0.0, high=100.0, group=_NOISE,
+        source="paper: uniform EDM loss; the toy models were trained with such a weight (x 5 where "
+               "the frame moves), so a small object's motion is not a residual the loss averages away")
     cond_log_sigma_mean: float = setting(
         -3.0, "mean of ln sigma of the conditioning-frame noise", low=-10.0, high=2.0,
         group=_NOISE, source="SVD training")
@@ -435,15 +443,35 @@ class ReferenceLatents:
     x0: torch.Tensor
     cond: torch.Tensor
     cond_sigma: torch.Tensor
+    weight: torch.Tensor | None = None  # (V, F, 1, h, w) loss weight per copy (``motion_weight``)
 
     def to(self, device: torch.device) -> ReferenceLatents:
-        return ReferenceLatents(self.x0.to(device), self.cond.to(device), self.cond_sigma.to(device))
+        weight = None if self.weight is None else self.weight.to(device)
+        return ReferenceLatents(self.x0.to(device), self.cond.to(device), self.cond_sigma.to(device), weight)
+
+
+def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    """``(V, F, 1, h, w)`` loss weights ``1 + strength * m`` of clip copies ``x0`` ``(V, F, C, h, w)``.
+
+    ``m``: how far each latent pixel is from its temporal median (largest over channels), relative
+    to the copy's largest such distance -- where the reference moves (a moving object in every
+    frame it is in, the background it uncovers; everything on a pan). Normalised to mean 1 per
+    copy, so a pan (everything moves) weighs as before and a small moving object counts for more
+    than its area, as in the toy models' training loss. A still copy gets uniform weights.
+    """
+    dist = (x0 - x0.median(dim=1, keepdim=True).values).abs().amax(dim=2, keepdim=True)
+    peak = dist.amax(dim=(1, 2, 3, 4), keepdim=True)
+    m = torch.where(peak > 1e-6, dist / peak.clamp_min(1e-6), torch.zeros_like(dist))
+    w = 1.0 + strength * m
+    return w / w.mean(dim=(1, 2, 3, 4), keepdim=True)
 
 
 def encode_reference(vae: torch.nn.Module, frames: torch.Tensor, config: InversionConfig) -> ReferenceLatents:
     """Augment ``frames`` (F, 3, H, W) and encode every copy and its conditioning bank, once."""
     size = tuple(config.optim_size) if config.optim_size else tuple(frames.shape[-2:])
-    return ReferenceLatents(*_latent_banks(vae, _augmented_copies(frames, size, config), config))
+    x0, cond, cond_sigma = _latent_banks(vae, _augmented_copies(frames, size, config), config)
+    weight = motion_loss_weight(x0, config.motion_weight) if config.motion_weight > 0 else None
+    return ReferenceLatents(x0, cond, cond_sigma, weight)
 
 
 # --- the state: embedding, optimiser, random stream, loss log ---------------------------------
@@ -592,7 +620,8 @@ def initial_embedding(pipe, frames: torch.Tensor, config: InversionConfig, dim: 
 def sample_batch(latents: ReferenceLatents, config: InversionConfig, gen: torch.Generator):
     """Draw a clip copy, a conditioning draw, a noise level and the noise, per batch element.
 
-    Returns ``x0``, ``sigma``, ``x_s``, ``cond`` (repeated over frames) and ``added_time_ids``.
+    Returns ``x0``, ``sigma``, ``x_s``, ``cond`` (repeated over frames), ``added_time_ids`` and
+    the loss weight of each element's copy (None: uniform, the paper's).
     """
     b, device = config.batch_size, latents.x0.device
     num_copies, bank_size = latents.cond.shape[:2]
@@ -606,7 +635,8 @@ def sample_batch(latents: ReferenceLatents, config: InversionConfig, gen: torch.
     time_ids = torch.stack([torch.full((b,), float(config.fps - 1), device=device),
                             torch.full((b,), float(config.motion_bucket_id), device=device),
                             latents.cond_sigma[copy, draw]], dim=1)
-    return x0, sigma, x_s, cond, time_ids
+    weight = None if latents.weight is None else latents.weight[copy]
+    return x0, sigma, x_s, cond, time_ids, weight
 
 
 def step(unet: torch.nn.Module, state: InversionState, latents: ReferenceLatents,
@@ -633,12 +663,14 @@ def step_starts(unet: torch.nn.Module, states: Sequence[InversionState], latents
         for group in state.optimizer.param_groups:
             group["lr"] = lr_at(state.step, config) * state.lr_scale * group.get("lr_ratio", 1.0)
         draws.append(sample_batch(latents, config, state.generator))
-    x0, sigma, x_s, cond, time_ids = (torch.cat(parts) for parts in zip(*draws))
+    x0, sigma, x_s, cond, time_ids = (torch.cat(parts) for parts in list(zip(*draws))[:5])
+    weight = None if latents.weight is None else torch.cat([d[5] for d in draws])
     context = torch.cat([flatten_embedding(s.sets()).expand(config.batch_size, -1, -1) for s in states])
     with _autocast(config, latents.x0.device.type):
         denoised = edm.denoise(unet, x_s, sigma, cond, context, time_ids)
     b = config.batch_size
-    losses = [edm.loss(denoised[k * b:(k + 1) * b], x0[k * b:(k + 1) * b], sigma[k * b:(k + 1) * b])
+    part = lambda t, k: None if t is None else t[k * b:(k + 1) * b]  # noqa: E731
+    losses = [edm.loss(part(denoised, k), part(x0, k), part(sigma, k), weight=part(weight, k))
               for k in range(len(states))]
     total = None
     for state, loss in zip(states, losses):
@@ -665,7 +697,8 @@ def probe_losses(unet: torch.nn.Module, states: Sequence[InversionState], latent
     surprise on a real card). Needs the motion routing installed.
     """
     gen = torch.Generator(device=latents.x0.device).manual_seed(config.seed + 5)
-    x0, sigma, x_s, cond, time_ids = sample_batch(latents, dataclasses.replace(config, batch_size=config.probe_draws), gen)
+    x0, sigma, x_s, cond, time_ids, weight = sample_batch(
+        latents, dataclasses.replace(config, batch_size=config.probe_draws), gen)
     k = len(states)
     totals = [0.0] * k
     with torch.no_grad(), _autocast(config, latents.x0.device.type):
@@ -676,7 +709,8 @@ def probe_losses(unet: torch.nn.Module, states: Sequence[InversionState], latent
                                    cond[one].expand(k, *cond.shape[1:]), context,
                                    time_ids[one].expand(k, -1))
             for i in range(k):
-                totals[i] += float(edm.loss(denoised[i:i + 1], x0[one], sigma[one]))
+                totals[i] += float(edm.loss(denoised[i:i + 1], x0[one], sigma[one],
+                                            weight=None if weight is None else weight[one]))
     return [t / config.probe_draws for t in totals]
 
 
