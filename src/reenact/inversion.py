@@ -223,8 +223,9 @@ class InversionConfig:
         "latent pixel's largest distance from its temporal median (per clip copy, relative to the "
         "copy's largest), weights normalised to mean 1 per copy (0 = the paper's uniform loss)",
         low=0.0, high=100.0, group=_NOISE,
-        source="paper: uniform EDM loss; the toy models were trained with such a weight (x 5 where "
-               "the frame moves), so a small object's motion is not a residual the loss averages away")
+        source="paper: uniform EDM loss. The toy models were trained with such a weight (x 5 where "
+               "the frame moves); on the toy-v2 benchmark (2 seeds pooled) 4 scored 0.867 vs 0.858, "
+               "trading turns for back-and-forth and 2.4 points of leaks, so off (docs/RESULTS.md)")
     cond_log_sigma_mean: float = setting(
         -3.0, "mean of ln sigma of the conditioning-frame noise", low=-10.0, high=2.0,
         group=_NOISE, source="SVD training")
