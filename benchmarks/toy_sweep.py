@@ -52,8 +52,9 @@ def parse_variants(items: list[str]) -> list[tuple[str, dict]]:
 def make_cache(path: Path, count: int, targets: int) -> None:
     import torch
 
+    from reenact import models
     from reenact.toy import bench
-    geometry = (8, 32, 32)  # toy-v2's F x H x W (the benchmark makes its clips at the model's)
+    geometry = models.native_geometry(models.load_pipeline("toy-v2", "cpu", torch.float32))  # as bench does
     refs = bench.pick_references(count, *geometry)
     tgts = [bench.pick_targets(r, targets, *geometry) for r in refs]
     # scoring needs a reference's inverted frames and its clip's ground truth, and a target's
@@ -67,7 +68,7 @@ def make_cache(path: Path, count: int, targets: int) -> None:
     print(f"{path}: {len(refs)} references x {targets} targets")
 
 
-_PIPES: dict = {}
+_LOADED: dict = {}  # per worker process: the reference cache and each model's pipeline, loaded once
 
 
 def _run_task(task: tuple) -> dict:
@@ -78,14 +79,14 @@ def _run_task(task: tuple) -> dict:
     from reenact import models, profiles
     from reenact.toy import bench
     torch.set_num_threads(1)
-    data = _run_task.data if hasattr(_run_task, "data") else None
-    if data is None:
-        data = _run_task.data = torch.load(cache, weights_only=False)
+    if cache not in _LOADED:
+        _LOADED[cache] = torch.load(cache, weights_only=False)
+    data = _LOADED[cache]
     ref, tgts = data["refs"][index], data["targets"][index]
     model = variant.get("model", "toy-v2")
-    if model not in _PIPES:
-        _PIPES[model] = models.load_pipeline(model, device, torch.float32)
-    pipe = _PIPES[model]
+    if model not in _LOADED:
+        _LOADED[model] = models.load_pipeline(model, device, torch.float32)
+    pipe = _LOADED[model]
     changes = {k: v for k, v in variant.items() if k not in EXTRA_KEYS}
     key = variant.get("config", "e")
     base = profiles.TOY_V2.config(**changes)

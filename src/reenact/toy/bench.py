@@ -817,21 +817,25 @@ def _merge(parser: argparse.ArgumentParser, folders: list[Path], out: Path, comm
         except (OSError, ValueError) as e:
             parser.error(f"{path}: not a readable benchmark result ({e}); run the shard first")
         docs.append(doc)  # an unfinished shard holds whole references only (saved after each)
-    keys = [k for k in _SHARD_KEYS if not (pool and k in _POOL_FREE)]
     first = {k: docs[0]["settings"].get(k) for k in _SHARD_KEYS}
-    only_some: set[str] = set()
-    if pool:  # the inversion settings too may differ in the seed, and in settings an older run predates
-        inv = [dict(d["settings"]["inversion"]) for d in docs]
-        common = set.intersection(*(set(i) for i in inv)) - {"seed"}
-        only_some = set.union(*(set(i) for i in inv)) - common - {"seed"}
-        keys.remove("inversion")
+    keys = [k for k in _SHARD_KEYS if not (pool and k in _POOL_FREE)]
+    inv_keys = [set(d["settings"]["inversion"]) for d in docs]
+    # pooled draws may differ in the inversion's seed, and in settings an older run predates
+    common = set.intersection(*inv_keys) - {"seed"}
+    only_some = set.union(*inv_keys) - common - {"seed"} if pool else set()
+
+    def view(doc: dict) -> dict:
+        """What must agree: the settings in ``keys``, of the inversion's only those compared."""
+        out = {k: doc["settings"].get(k) for k in keys}
+        if pool:
+            out["inversion"] = {k: doc["settings"]["inversion"][k] for k in common}
+        return out
+
+    ref_view = view(docs[0])
     for folder, doc in zip(folders, docs):
-        other = {k: doc["settings"].get(k) for k in keys}
-        if pool and any(doc["settings"]["inversion"][k] != docs[0]["settings"]["inversion"][k] for k in common):
-            diff = [k for k in sorted(common) if doc["settings"]["inversion"][k] != docs[0]["settings"]["inversion"][k]]
-            parser.error(f"{folder}: not a draw of the same benchmark (inversion differs in {', '.join(diff)})")
-        if other != {k: first[k] for k in keys}:
-            diff = [k for k in keys if other[k] != first[k]]
+        other = view(doc)
+        if other != ref_view:
+            diff = [k for k in other if other[k] != ref_view[k]]
             hint = "; runs at other --seed s are other draws: add --pool to pool them" if "seed" in diff else ""
             parser.error(f"{folder}: a shard of another benchmark (differs in {', '.join(diff)}){hint}")
     seeds = list(dict.fromkeys(d["settings"]["seed"] for d in docs))
@@ -892,6 +896,7 @@ def _draws_table(draws: dict, pooled: dict) -> str:
     for key, s in pooled.items():
         lines.append(f"| ({key}) | " + " | ".join(cell(d[key]) for d in draws.values()) + f" | {cell(s)} |")
     return "\n".join(["Trajectory cosine / direction accuracy / no leak:", ""] + lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())
