@@ -157,6 +157,16 @@ def test_a_perfect_transfer_scores_perfectly_and_a_leak_is_caught(motion):
 
     leaked = metrics.score_video(clip.video, ref, moved, image)  # the reference's colour came along
     assert not leaked["no_leak"] and leaked["leak_frames"] == 8
+    assert leaked["colour_leak_frames"] == 8 and leaked["lost_frames"] == 0
+
+    # the object painted over with a background colour in the last three frames: it is lost,
+    # which fails the check too but is no colour leak
+    vanished = moved.video.clone()
+    m = moved.masks[5:, None]
+    vanished[5:] = vanished[5:] * (1 - m) + background[:, :1, None] * m
+    lost = metrics.score_video(vanished, ref, moved, image)
+    assert not lost["no_leak"] and lost["leak_frames"] >= 3
+    assert lost["colour_leak_frames"] == 0 and lost["lost_frames"] == lost["leak_frames"]
 
     still = metrics.score_video(image[None].expand(8, -1, -1, -1), ref, moved, image)
     assert still["trajectory_cosine"] == 0 and not still["direction_ok"]

@@ -462,6 +462,11 @@ def summarise(records: list[dict], inversions: list[dict], configs: Sequence[str
             "magnitude_ratio_median": float(np.nanmedian(mags)) if np.isfinite(mags).any() else None,
             "first_frame_psnr_mean": float(np.mean(np.minimum(psnr_, 100.0))),
             "no_leak_rate": float(np.mean([r["no_leak"] for r in rows])),
+            # the failures by kind (records made before leak_count have no split: None)
+            "leak_kinds": None if any("colour_leak_frames" not in r for r in rows) else {
+                "colour": int(sum(r["colour_leak_frames"] > 0 for r in rows)),
+                "object_lost_only": int(sum(r["colour_leak_frames"] == 0 and r["lost_frames"] > 0 for r in rows)),
+            },
             "seconds_per_inversion": float(np.mean(secs)) if secs else None,
             "trajectory_cosine_by_motion": {
                 m: float(np.mean([r["trajectory_cosine"] for r in rows if r["motion"] == m]))
@@ -498,6 +503,11 @@ def markdown_table(summary: dict) -> str:
             f"{s['trajectory_cosine_std']:.2f} | {100 * s['direction_accuracy']:.1f}% | {mag} | "
             f"{s['first_frame_psnr_mean']:.1f} | {100 * s['no_leak_rate']:.1f}% | {sec} | {worst} |"
         )
+    kinds = {k: s["leak_kinds"] for k, s in summary.items() if s.get("leak_kinds")}
+    if kinds:
+        lines += ["", "Videos failing the leak check, by kind (colour: the reference's colour in some frame; "
+                  "object lost: only frames without either colour): " + "; ".join(
+                      f"({k}) {v['colour']} colour, {v['object_lost_only']} object lost" for k, v in kinds.items())]
     names = sorted({n for s in summary.values() for n in s.get("slices", {})},
                    key=lambda n: (not n.startswith("motion"), n))
     keys = list(summary)

@@ -13,7 +13,8 @@ metric is the toy stand-in for one of the paper's (docs/METHOD.md, "Evaluation")
 * **magnitude ratio**: |result disp(k*)| / |reference disp(k*)|;
 * **first-frame PSNR** (:func:`first_frame_psnr`): is the target's appearance kept (the paper's
   first-frame CLIP similarity);
-* **no leak** (:func:`leak_free`): the reference's appearance did not leak into the motion.
+* **no leak** (:func:`leak_free`): the reference's appearance did not leak into the motion;
+  :func:`leak_count` splits the failures into colour leaks and frames where the object was lost.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "trajectory",
     "motion_metrics",
     "first_frame_psnr",
+    "leak_count",
     "leak_free",
     "score_video",
 ]
@@ -127,25 +129,40 @@ def first_frame_psnr(result: torch.Tensor, image: torch.Tensor) -> float:
     return psnr(result[0], image)
 
 
-def leak_free(result: torch.Tensor, target_color: np.ndarray, reference_color: np.ndarray) -> tuple[bool, int]:
-    """No appearance leakage: in every frame the object is drawn in the target's colour.
+def leak_count(result: torch.Tensor, target_color: np.ndarray, reference_color: np.ndarray) -> tuple[int, int]:
+    """Frames that fail the leak check, by kind: ``(colour, lost)``.
 
     Pixels within half the world's contrast of a colour count as that colour (the two colours
     and every target background pixel are at least ``MIN_COLOR_DISTANCE`` apart, so the counts
-    do not overlap); a frame fails when it has no target-coloured pixel (the object vanished) or
-    at least as many reference-coloured ones. Returns ``(ok, number of failing frames)``.
+    do not overlap). A *colour* frame has reference-coloured pixels and no more target-coloured
+    ones (the reference's appearance came along); a *lost* frame has neither colour (the object
+    vanished, blurred or left the frame). Both fail :func:`leak_free`; telling them apart says
+    whether a failure is appearance leakage at all.
     """
     v = result.detach().float().cpu()
     radius = MIN_COLOR_DISTANCE / 2
     tgt = torch.as_tensor(target_color, dtype=torch.float32)[:, None, None]
     ref = torch.as_tensor(reference_color, dtype=torch.float32)[:, None, None]
-    failing = 0
+    colour = lost = 0
     for frame in v:
         n_tgt = int((torch.linalg.norm(frame - tgt, dim=0) < radius).sum())
         n_ref = int((torch.linalg.norm(frame - ref, dim=0) < radius).sum())
-        if n_tgt == 0 or n_ref >= n_tgt:
-            failing += 1
-    return failing == 0, failing
+        if n_ref > 0 and n_ref >= n_tgt:
+            colour += 1
+        elif n_tgt == 0:
+            lost += 1
+    return colour, lost
+
+
+def leak_free(result: torch.Tensor, target_color: np.ndarray, reference_color: np.ndarray) -> tuple[bool, int]:
+    """No appearance leakage: in every frame the object is drawn in the target's colour.
+
+    A frame fails when it has no target-coloured pixel (the object vanished) or at least as
+    many reference-coloured ones (:func:`leak_count` tells the two apart). Returns ``(ok,
+    number of failing frames)``.
+    """
+    colour, lost = leak_count(result, target_color, reference_color)
+    return colour + lost == 0, colour + lost
 
 
 class ScoredReference(Protocol):
@@ -164,7 +181,8 @@ def score_video(result: torch.Tensor, reference: ScoredReference, target: world.
     """All metrics of one generated video ``(F, 3, H, W)`` in [-1, 1]."""
     res = measured_motion(result, reference.kind, target.object_color)
     out = motion_metrics(reference.truth, res)
-    ok, failing = leak_free(result, target.object_color, reference.clip.object_color)
-    out.update(first_frame_psnr=first_frame_psnr(result, target_image), no_leak=ok,
-               leak_frames=failing, result_motion=np.round(res, 5).tolist())
+    colour, lost = leak_count(result, target.object_color, reference.clip.object_color)
+    out.update(first_frame_psnr=first_frame_psnr(result, target_image), no_leak=colour + lost == 0,
+               leak_frames=colour + lost, colour_leak_frames=colour, lost_frames=lost,
+               result_motion=np.round(res, 5).tolist())
     return out
