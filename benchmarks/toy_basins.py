@@ -110,14 +110,18 @@ def summarise(path: Path) -> None:
     for r in sorted(rows, key=lambda r: (r["ref"], r["steps"], r["seed"])):
         cells = ", ".join(f"{k}: {s['loss']:.4f} / {np.mean(s['cos']):+.2f}" for k, s in r["snapshots"].items())
         print(f"| {r['motion']} {r['ref']} | {r['seed']} | {r['oracle_loss']:.4f} | {cells} |")
-    final = [(r["snapshots"][str(r["steps"])]["loss"], float(np.mean(r["snapshots"][str(r["steps"])]["cos"])), r["ref"])
-             for r in rows]
-    for ref in sorted({f[2] for f in final}):
-        xs = [(loss, cos) for loss, cos, i in final if i == ref]
+    groups: dict[tuple[int, int], list[tuple[float, float]]] = {}  # (reference, steps): runs at different seeds
+    for r in rows:
+        last = r["snapshots"][str(r["steps"])]
+        groups.setdefault((r["ref"], r["steps"]), []).append((last["loss"], float(np.mean(last["cos"]))))
+    for (ref, steps), xs in sorted(groups.items()):
         if len(xs) > 2:
-            rank = np.corrcoef(np.argsort(np.argsort([x[0] for x in xs])), np.argsort(np.argsort([x[1] for x in xs])))[0, 1]
-            print(f"reference {ref}: {len(xs)} runs, Spearman rank correlation of final loss and transfer {rank:+.2f} "
-                  "(negative: the lower the loss, the better the transfer)")
+            ranks = [np.argsort(np.argsort([x[k] for x in xs])) for k in (0, 1)]
+            rho = np.corrcoef(*ranks)[0, 1]
+            best = min(xs)
+            print(f"reference {ref}, {steps} steps: {len(xs)} seeds; Spearman rank correlation of loss and transfer "
+                  f"{rho:+.2f} (negative: the lower the loss, the better the transfer); the lowest loss "
+                  f"{best[0]:.4f} transfers {best[1]:+.2f}")
 
 
 def main() -> int:
