@@ -995,10 +995,11 @@ def _encode_mp4(images: list[Image.Image], path: Path, fps: float) -> None:
         stream.width, stream.height = first.size
         stream.pix_fmt = "yuv420p"
         # crf 18: visually lossless-ish; outputs are small (F frames) so size does not matter.
-        # asm=0: x264's SIMD routines made the same frames encode differently from run to run
-        # (flat toy-world clips with a small object, even on one thread: 3 of 4 benchmark
-        # user-file references changed between writes); its plain-C paths are deterministic and
-        # CPU-independent, at ~2.5x the encode time (0.6 s for 16 frames of 576x1024).
+        # asm=0: x264's SIMD routines made the same frames encode differently from write to
+        # write (toy-world clips: the benchmark's user-file references 19 and 23 at every write,
+        # 25 now and then, even with one thread and no lookahead threads); its plain-C paths are
+        # deterministic and CPU-independent, at ~2.5x the encode time (0.6 s for 16 frames of
+        # 576x1024).
         stream.options = {"crf": "18", "preset": "medium", "x264-params": "asm=0"}
         for img in images:
             frame = av.VideoFrame.from_image(_even_pad(img))
