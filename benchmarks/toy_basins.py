@@ -35,37 +35,13 @@ from pathlib import Path
 import numpy as np
 
 
-def probe_loss(pipe, latents, embeddings: dict, config, draws: int, seed: int) -> dict[str, float]:
-    """Mean EDM loss of each embedding on the same ``draws`` samples (no gradient)."""
-    import torch
-
-    from reenact import edm, inversion
-    from reenact.routing import flatten_embedding, install_motion_routing
-
-    gen = torch.Generator().manual_seed(seed)
-    x0, sigma, x_s, cond, time_ids, _ = inversion.sample_batch(
-        latents, dataclasses.replace(config, batch_size=draws), gen)
-    routing = install_motion_routing(pipe.unet, config.tokens, x0.shape[1])
-    out = {}
-    try:
-        with torch.no_grad():
-            for name, emb in embeddings.items():
-                context = flatten_embedding(emb)
-                losses = [float(edm.loss(edm.denoise(pipe.unet, x_s[d:d + 1], sigma[d:d + 1], cond[d:d + 1],
-                                                     context, time_ids[d:d + 1]), x0[d:d + 1], sigma[d:d + 1]))
-                          for d in range(draws)]
-                out[name] = float(np.mean(losses))
-    finally:
-        routing.remove()
-    return out
-
-
 def run(out: Path, cache: Path, refs: list[int], seeds: list[int], snapshots: list[int], draws: int) -> None:
     import torch
 
     from reenact import inversion, models, profiles
     from reenact import video as vio
     from reenact.embedding import MotionEmbedding
+    from reenact.routing import install_motion_routing
     from reenact.toy import bench
     from reenact.toy.metrics import score_video
 
@@ -87,7 +63,13 @@ def run(out: Path, cache: Path, refs: list[int], seeds: list[int], snapshots: li
             embs = {"oracle": oracle, **{str(k): v for k, v in sorted(result.snapshots.items())}}
             with inversion._frozen(pipe, config):
                 latents = inversion.encode_reference(pipe.vae, ref.video, config)
-                losses = probe_loss(pipe, latents, embs, config, draws, seed=123)
+                routing = install_motion_routing(pipe.unet, config.tokens, ref.video.shape[0])
+                try:
+                    values = inversion.common_draw_losses(pipe.unet, list(embs.values()), latents,
+                                                          dataclasses.replace(config, probe_draws=draws), seed=123)
+                finally:
+                    routing.remove()
+            losses = dict(zip(embs, values))
             row = {"ref": i, "motion": ref.motion, "slices": ref.slices(), "seed": seed, "steps": max(snapshots),
                    "inversion_s": round(seconds, 1), "draws": draws, "oracle_loss": round(losses["oracle"], 5),
                    "snapshots": {}}

@@ -89,6 +89,7 @@ __all__ = [
     "step",
     "step_starts",
     "probe_losses",
+    "common_draw_losses",
     "create_starts",
     "encode_reference",
     "motion_loss_weight",
@@ -664,8 +665,9 @@ def step_starts(unet: torch.nn.Module, states: Sequence[InversionState], latents
         for group in state.optimizer.param_groups:
             group["lr"] = lr_at(state.step, config) * state.lr_scale * group.get("lr_ratio", 1.0)
         draws.append(sample_batch(latents, config, state.generator))
-    x0, sigma, x_s, cond, time_ids = (torch.cat(parts) for parts in list(zip(*draws))[:5])
-    weight = None if latents.weight is None else torch.cat([d[5] for d in draws])
+    *parts, weights = zip(*draws)
+    x0, sigma, x_s, cond, time_ids = (torch.cat(p) for p in parts)
+    weight = None if latents.weight is None else torch.cat(weights)
     context = torch.cat([flatten_embedding(s.sets()).expand(config.batch_size, -1, -1) for s in states])
     with _autocast(config, latents.x0.device.type):
         denoised = edm.denoise(unet, x_s, sigma, cond, context, time_ids)
@@ -693,17 +695,27 @@ def probe_losses(unet: torch.nn.Module, states: Sequence[InversionState], latent
     The training losses of different starts come from different noise draws, and the EDM loss
     of one draw varies by orders of magnitude with its noise level, so they cannot rank the
     starts; common draws (a generator seeded ``config.seed + 5``, the training distribution of
-    noise levels) make the comparison paired. One draw at a time for all starts, under the
-    step's autocast: never a larger batch than a training step of the starts (no memory
-    surprise on a real card). Needs the motion routing installed.
+    noise levels) make the comparison paired: :func:`common_draw_losses` of their sets.
     """
-    gen = torch.Generator(device=latents.x0.device).manual_seed(config.seed + 5)
+    return common_draw_losses(unet, [s.sets() for s in states], latents, config, config.seed + 5)
+
+
+def common_draw_losses(unet: torch.nn.Module, embeddings: Sequence[torch.Tensor], latents: ReferenceLatents,
+                       config: InversionConfig, seed: int) -> list[float]:
+    """The mean EDM loss of each ``(F+1, N, d)`` embedding on the same ``config.probe_draws``
+    samples of the training distribution (a generator seeded ``seed``; no gradient): a paired
+    comparison of embeddings (the starts' probe; the oracle against inverted embeddings in
+    ``benchmarks/toy_basins.py``). One draw at a time for all embeddings, under the step's
+    autocast: never a larger batch than a training step of that many starts (no memory surprise
+    on a real card). Needs the motion routing installed.
+    """
+    gen = torch.Generator(device=latents.x0.device).manual_seed(seed)
     x0, sigma, x_s, cond, time_ids, weight = sample_batch(
         latents, dataclasses.replace(config, batch_size=config.probe_draws), gen)
-    k = len(states)
+    k = len(embeddings)
     totals = [0.0] * k
     with torch.no_grad(), _autocast(config, latents.x0.device.type):
-        context = torch.cat([flatten_embedding(s.sets()) for s in states])
+        context = torch.cat([flatten_embedding(e.to(latents.x0.device)) for e in embeddings])
         for d in range(config.probe_draws):
             one = slice(d, d + 1)
             denoised = edm.denoise(unet, x_s[one].expand(k, *x_s.shape[1:]), sigma[one].expand(k),
