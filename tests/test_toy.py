@@ -249,6 +249,32 @@ def test_fine_tuning_refuses_another_seeds_folder_or_a_folder_that_is_not_a_mode
     assert not (tmp_path / "ft").exists() and not (tmp_path / "ft.train-log").exists()
 
 
+def test_context_noise_jitters_the_kept_tokens_and_leaves_the_dropped_ones_null(monkeypatch):
+    """``--context-noise s``: every kept context token moves by N(0, s^2), a dropped one stays
+    exactly the null context (SVD's CFG branch), and ``s = 0`` feeds the clean tokens."""
+    unet, vae, *_ = train.build_components(0)
+    train.construct_vae(vae)
+    code = train.motion_code(0)
+    video, moving, feats = train.batch_tensors(0, 0, 16)
+    clean = train.encode_motion(feats, code)
+    seen = []
+    real = train.edm.denoise
+    monkeypatch.setattr(train.edm, "denoise", lambda u, x, s, c, ctx, ids: seen.append(ctx) or real(u, x, s, c, ctx, ids))
+    for std in (0.0, 0.3):
+        args = train.build_parser().parse_args(["--out", "x", "--p-drop-context", "0.5", "--context-noise", str(std)])
+        with torch.no_grad():
+            train.unet_loss(unet, vae, code, video, moving, feats, torch.Generator().manual_seed(1), args)
+    for std, ctx in zip((0.0, 0.3), seen):
+        kept = ctx.flatten(1).abs().sum(1) > 0
+        assert 0 < int(kept.sum()) < len(kept)  # both branches present in this batch
+        assert torch.equal(ctx[~kept], torch.zeros_like(ctx[~kept]))
+        jitter = ctx[kept] - clean[kept]
+        if std == 0:
+            assert torch.equal(jitter, torch.zeros_like(jitter))
+        else:
+            assert 0.25 < float(jitter.std()) < 0.35 and abs(float(jitter.mean())) < 0.05
+
+
 def test_the_constructed_vae_reconstructs_a_clip_above_35_db():
     _, vae, *_ = train.build_components(0)
     train.construct_vae(vae)

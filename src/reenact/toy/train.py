@@ -312,11 +312,20 @@ def unet_loss(unet, vae, code, video, moving, feats, gen, args, drop: bool = Tru
 
     The weights are normalised per clip, so a pan (everything moves) and a small object (little
     moves) count alike, while inside a clip the moving pixels dominate.
+
+    ``--context-noise s`` adds N(0, s^2) to each kept context token: the model then learns the
+    motion for a whole neighbourhood of every training token, not only for the token itself.
+    Why: the inversion searches the context space from the null context, and on the shipped
+    weights it stops in basins where the model's response to off-training contexts is arbitrary
+    (docs/RESULTS.md, "Why the inversion fails where the model does not"). 0 (the default) draws
+    nothing, so the noise stream, and the training, are exactly those of the shipped commands.
     """
     b, dev = video.shape[0], video.device
     x0 = latents_of(vae, video)
     cond, s_c = cond_of(vae, video[:, 0], gen)
     ctx = encode_motion(feats, code)
+    if getattr(args, "context_noise", 0.0) > 0:  # before the drop: a dropped context stays exactly null
+        ctx = ctx + args.context_noise * torch.randn(ctx.shape, generator=gen, device=dev)
     if drop:
         u = torch.rand(b, generator=gen, device=dev)
         ctx = ctx * (u >= args.p_drop_context)[:, None, None]
@@ -371,6 +380,11 @@ def learning_rate(step: int, args) -> float:
         return args.lr * (step + 1) / args.warmup
     frac = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _noise_line(args) -> str:
+    s = getattr(args, "context_noise", 0.0)
+    return f" Each kept token was jittered by N(0, {s:g}^2) noise in training (`--context-noise`)." if s > 0 else ""
 
 
 def write_model_card(out: Path, args, history: dict, wall: dict) -> None:
@@ -440,7 +454,7 @@ One context token per clip, repeated over frames by the UNet as SVD repeats its 
 `tanh(feat @ P + b)`, with `feat` the clip's {NUM_FRAMES}x{world.MOTION_FEATURES} motion features
 (`world.motion_features`: object path, camera shift, log camera scale; image units) and
 `P` ({world.MOTION_FEATURES * NUM_FRAMES}x{CONTEXT_DIM}, N(0, 2^2)), `b` (N(0, 0.5^2)) fixed and stored in `motion_code.safetensors`.
-The model never sees per-frame tokens. Context zeroed for {args.p_drop_context:.0%} of samples
+The model never sees per-frame tokens.{_noise_line(args)} Context zeroed for {args.p_drop_context:.0%} of samples
 (the image latent too for {args.p_drop_both:.0%}) so that SVD's CFG works. Micro-conditioning:
 fps id {FPS_ID}, motion bucket {BUCKET_ID}, noise_aug = the sampled conditioning noise.
 
@@ -524,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-sigma-mean", type=float, default=0.7)
     p.add_argument("--log-sigma-std", type=float, default=1.6)
     p.add_argument("--motion-weight", type=float, default=4.0, help="extra loss weight where the frame moves")
+    p.add_argument("--context-noise", type=float, default=0.0, metavar="STD",
+                   help="std of Gaussian noise added to each kept context token (0 = none, the shipped weights')")
     p.add_argument("--p-drop-context", type=float, default=0.15)
     p.add_argument("--p-drop-both", type=float, default=0.10)
     p.add_argument("--check-every", type=int, default=250, help="context-swap check (and model export) every N steps")
