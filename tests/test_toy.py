@@ -273,6 +273,8 @@ def test_context_noise_jitters_the_kept_tokens_and_leaves_the_dropped_ones_null(
             assert torch.equal(jitter, torch.zeros_like(jitter))
         else:
             assert 0.25 < float(jitter.std()) < 0.35 and abs(float(jitter.mean())) < 0.05
+    with pytest.raises(SystemExit, match="--context-noise -0.1: a standard deviation must be >= 0"):
+        train.main(["--out", "never-written", "--context-noise", "-0.1"])
 
 
 def test_the_constructed_vae_reconstructs_a_clip_above_35_db():

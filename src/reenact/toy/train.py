@@ -599,6 +599,8 @@ def load_init(folder: Path, unet) -> tuple[dict, float]:
 def main(argv: list[str] | None = None) -> None:
     t_start = time.time()
     args = build_parser().parse_args(argv)
+    if args.context_noise < 0:
+        raise SystemExit(f"--context-noise {args.context_noise:g}: a standard deviation must be >= 0 (0 = no noise)")
     if args.init_from is not None:
         check_init_folder(args.init_from, args.seed)
     if args.threads:
