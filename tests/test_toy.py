@@ -89,6 +89,22 @@ def test_every_motion_has_the_extent_asked_for(motion):
         assert clip.video.std() > 0
 
 
+def test_a_target_is_kept_only_if_the_transferred_motion_keeps_its_object_in_the_picture():
+    """The world's own margin decides: every clip it renders passes with its own motion; an
+    object at the bottom edge moving down does not, the same object in the middle does."""
+    for seed in range(40):
+        c = world.make_scene_clip(seed)
+        assert world.stays_in_frame(c.centers[0], c.size, c.object_path, c.camera_shift, c.camera_scale, 32, 32)
+    down = np.stack([np.zeros(8), np.linspace(0, 6, 8)], 1)  # 6 px down over 8 frames
+    still, one = np.zeros((8, 2)), np.ones(8)
+    assert not world.stays_in_frame(np.array([16.0, 28.0]), 4.0, down, still, one, 32, 32)
+    assert world.stays_in_frame(np.array([16.0, 16.0]), 4.0, down, still, one, 32, 32)
+    assert not world.stays_in_frame(np.array([16.0, 28.0]), 4.0, still, down, one, 32, 32)  # a pan
+    zoom_in = np.exp(np.linspace(0, np.log(1.8), 8))
+    assert not world.stays_in_frame(np.array([4.0, 4.0]), 4.0, still, still, zoom_in, 32, 32)
+    assert world.stays_in_frame(np.array([16.0, 16.0]), 4.0, still, still, zoom_in, 32, 32)
+
+
 def test_seed_ranges_are_disjoint_and_evaluation_stays_inside(tmp_path):
     ranges = sorted(world.SEED_RANGES.values())
     assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(ranges, ranges[1:]))
@@ -99,6 +115,7 @@ def test_seed_ranges_are_disjoint_and_evaluation_stays_inside(tmp_path):
         assert lo <= ref.seed < hi and ref.video.shape == (8, 3, 32, 32)
         for t in bench.pick_targets(ref, 3):
             assert lo <= t.meta["seed"] < hi
+            assert world.stays_in_frame(t.centers[0], t.size, *bench.transferred_motion(ref, 32, 32), 32, 32)
             assert metrics.color_distance(t.object_color, ref.clip.object_color) >= metrics.MIN_COLOR_DISTANCE
             assert t.background == ref.clip.background
     ref, targets = demo.pick_demo_clips(0)
@@ -167,6 +184,11 @@ def test_a_perfect_transfer_scores_perfectly_and_a_leak_is_caught(motion):
     lost = metrics.score_video(vanished, ref, moved, image)
     assert not lost["no_leak"] and lost["leak_frames"] >= 3
     assert lost["colour_leak_frames"] == 0 and lost["lost_frames"] == lost["leak_frames"]
+    if ref.kind == "object":  # a vanished object measures no displacement, not a jump to the corner
+        measured = metrics.measured_motion(vanished, "object", far)
+        assert np.allclose(measured[5:], 0) and np.allclose(measured[:5], ref.truth[:5], atol=0.02)
+        empty = moved.video[:1] * (1 - moved.masks[:1, None]) + background[:, :1, None] * moved.masks[:1, None]
+        assert np.all(metrics.measured_motion(empty.expand(8, -1, -1, -1), "object", far) == 0)
 
     still = metrics.score_video(image[None].expand(8, -1, -1, -1), ref, moved, image)
     assert still["trajectory_cosine"] == 0 and not still["direction_ok"]

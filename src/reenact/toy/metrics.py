@@ -30,6 +30,7 @@ from reenact.toy import world
 
 __all__ = [
     "MIN_COLOR_DISTANCE",
+    "MIN_OBJECT_MASS",
     "DIRECTION_TOLERANCE_DEG",
     "color_distance",
     "motion_kind",
@@ -47,6 +48,9 @@ __all__ = [
 #: and every pixel of the target's background too, so that leakage of the reference's appearance
 #: is visible and measurable (the world's own contrast, ``world.MIN_CONTRAST``)
 MIN_COLOR_DISTANCE = world.MIN_CONTRAST
+#: an object frame with less object colour than this (pixels, ``world.track_by_color``'s mass)
+#: has no object to measure
+MIN_OBJECT_MASS = 0.5
 #: direction accuracy: angle at the reference's largest displacement within this many degrees
 DIRECTION_TOLERANCE_DEG = 45.0
 _EPS = 1e-9
@@ -82,15 +86,28 @@ def true_motion(clip: world.Clip, indices: Sequence[int] | None = None) -> np.nd
 
 
 def measured_motion(video: torch.Tensor, kind: str, object_color: np.ndarray) -> np.ndarray:
-    """The same signal as :func:`true_motion`, measured on a generated video ``(F, 3, H, W)``."""
+    """The same signal as :func:`true_motion`, measured on a generated video ``(F, 3, H, W)``.
+
+    An object frame where the object is not found (less than :data:`MIN_OBJECT_MASS` pixels of
+    its colour) measures no displacement, and if frame 0 is such a frame, no frame does: an
+    absent object has no position. (The colour tracker's centre of an empty frame is the image
+    corner, which once scored a vanished object as a jump to the top left.) Lost frames are
+    failures all the same: the cosine lacks their share of the true motion, and the leak check
+    counts them.
+    """
     h, w = video.shape[-2:]
     unit = np.array([w, h], dtype=np.float64)
     if kind == "pan":
         return world.estimate_camera(video, "pan") / unit
     if kind == "zoom":
         return world.estimate_camera(video, "zoom")
-    centres, _ = world.track_by_color(video, object_color)
-    return (centres - centres[:1]) / unit
+    centres, mass = world.track_by_color(video, object_color)
+    found = mass >= MIN_OBJECT_MASS
+    if not found[0]:
+        return np.zeros_like(centres)
+    disp = (centres - centres[:1]) / unit
+    disp[~found] = 0.0
+    return disp
 
 
 def trajectory(video: torch.Tensor, object_color: np.ndarray, background_color: np.ndarray | None = None) -> np.ndarray:

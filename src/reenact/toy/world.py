@@ -405,6 +405,21 @@ def _fit_object(path: np.ndarray, shift: np.ndarray, scale: np.ndarray, size: fl
     return (lo, hi) if np.all(hi >= lo) else None
 
 
+def stays_in_frame(center0: np.ndarray, size: float, path: np.ndarray, shift: np.ndarray, scale: np.ndarray,
+                   height: int, width: int) -> bool:
+    """Would an object of ``size`` px centred at ``center0`` in frame 0 stay in every frame of this
+    motion (object ``path`` and camera ``shift`` in pixels, camera ``scale``; ``(F, 2)``, ``(F, 2)``,
+    ``(F,)``), with the margin :func:`make_scene_clip` keeps its own clips in?
+
+    The benchmark asks it of a target still and the reference's motion: where the transferred
+    motion would carry the object out of the picture, a correct result cannot be told from a
+    wrong one by tracking the object.
+    """
+    box = _fit_object(np.asarray(path, np.float64), np.asarray(shift, np.float64),
+                      np.asarray(scale, np.float64), size, height, width)
+    return box is not None and bool(np.all(center0 >= box[0]) and np.all(center0 <= box[1]))
+
+
 def make_scene_clip(seed: int, num_frames: int = 8, height: int = 32, width: int = 32, *, motion: str | None = None,
                     shape: str | None = None, background: str | None = None,
                     extent_range: tuple[float, float] = (0.2, 0.45),
