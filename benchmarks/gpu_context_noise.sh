@@ -19,7 +19,8 @@
 #   command: bash benchmarks/gpu_context_noise.sh $OUT [MINUTES=4] [NOISE=0.2] [SCREEN_S=250]
 # $OUT receives the sweep rows, both training logs and both model folders (tar, ~12 MB each).
 # A smoke test on a CPU (minutes, meaningless figures): PYTHON=.venv/bin/python DEVICE=cpu BATCH=2
-# DATA_WORKERS=0 SWEEP_WORKERS=1 REFS=0 bash benchmarks/gpu_context_noise.sh /tmp/smoke 1 0.2 600
+# DATA_WORKERS=0 SWEEP_WORKERS=2 REFS=0 bash benchmarks/gpu_context_noise.sh /tmp/smoke 1 0.2 400 (ran
+# end to end in 4m49s on the 2-core machine; a 1-minute budget leaves no training step on a CPU)
 set -u
 out=${1:?usage: gpu_context_noise.sh OUTDIR [MINUTES] [NOISE] [SCREEN_S]}
 minutes=${2:-4}

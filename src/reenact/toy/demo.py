@@ -57,7 +57,7 @@ def pick_demo_clips(seed: int = 0, num_frames: int = 8, height: int = 32,
     whose shape differs from the reference's and the other targets', whose object colour and
     every background pixel are at least ``metrics.MIN_COLOR_DISTANCE`` from the reference's object
     colour and the other targets' (so the scores can tell the colours apart), and whose object
-    the reference's motion keeps in the picture (``world.stays_in_frame``, as the benchmark's).
+    the reference's motion keeps in the picture (``bench.keeps_object_in_picture``, the benchmark's rule).
     """
     lo, hi = world.SEED_RANGES["demo"]
     clip = world.make_scene_clip(lo + seed, num_frames, height, width, motion=DEMO_MOTIONS[seed % len(DEMO_MOTIONS)],
@@ -65,7 +65,6 @@ def pick_demo_clips(seed: int = 0, num_frames: int = 8, height: int = 32,
     reference = bench.Reference(0, clip, clip.video, metrics.true_motion(clip), "medium", False, "rendered")
     targets: list[world.SceneClip] = []
     start = lo + 1000 + 100 * seed
-    motion = bench.transferred_motion(reference, height, width)
     for background, size in DEMO_TARGETS:
         for s in range(start, min(hi, start + 10_000)):
             t = world.make_scene_clip(s, num_frames, height, width, motion="line", background=background,
@@ -73,7 +72,7 @@ def pick_demo_clips(seed: int = 0, num_frames: int = 8, height: int = 32,
             others = [clip, *targets]
             still = t.video[0][:, t.masks[0] < 1e-3]  # the target's background pixels
             if (all(t.shape != o.shape for o in others)
-                    and world.stays_in_frame(t.centers[0], t.size, *motion, height, width)
+                    and bench.keeps_object_in_picture(reference, t, height, width)
                     and all(metrics.color_distance(t.object_color, o.object_color) >= metrics.MIN_COLOR_DISTANCE
                             and float(torch.linalg.norm(still - torch.as_tensor(o.object_color, dtype=torch.float32)[:, None],
                                                         dim=0).min()) >= metrics.MIN_COLOR_DISTANCE

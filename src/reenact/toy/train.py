@@ -324,7 +324,7 @@ def unet_loss(unet, vae, code, video, moving, feats, gen, args, drop: bool = Tru
     x0 = latents_of(vae, video)
     cond, s_c = cond_of(vae, video[:, 0], gen)
     ctx = encode_motion(feats, code)
-    if getattr(args, "context_noise", 0.0) > 0:  # before the drop: a dropped context stays exactly null
+    if args.context_noise > 0:  # before the drop: a dropped context stays exactly null
         ctx = ctx + args.context_noise * torch.randn(ctx.shape, generator=gen, device=dev)
     if drop:
         u = torch.rand(b, generator=gen, device=dev)
@@ -383,7 +383,7 @@ def learning_rate(step: int, args) -> float:
 
 
 def _noise_line(args) -> str:
-    s = getattr(args, "context_noise", 0.0)
+    s = args.context_noise
     return f" Each kept token was jittered by N(0, {s:g}^2) noise in training (`--context-noise`)." if s > 0 else ""
 
 
