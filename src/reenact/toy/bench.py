@@ -15,8 +15,9 @@ call; every generated video is scored against ground truth:
 
 * **trajectory cosine**: cosine between the reference's true motion signal (frames 1..F-1,
   flattened) and the result's measured one -- the object's displacement (tracked by its colour,
-  ``world.track_by_color``) for object motions, the global camera shift (pan) or log scale (zoom)
-  found by brute-force search against frame 0 (``world.estimate_camera``) for camera motions (the
+  ``world.track_by_color``) for object motions; for camera motions (``world.estimate_camera``)
+  the pan's shift, anchored on the object (a point of the scene) and counted only where the
+  background moves with it, or the zoom's log scale, by brute-force search against frame 0 (the
   toy stand-in for the paper's SSv2 feature cosine);
 * **direction accuracy**: at the frame k* where the reference moves most, the result's motion is
   within 45 degrees of the reference's (a zoom: in vs out);

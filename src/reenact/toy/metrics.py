@@ -49,8 +49,8 @@ __all__ = [
 #: is visible and measurable (the world's own contrast, ``world.MIN_CONTRAST``)
 MIN_COLOR_DISTANCE = world.MIN_CONTRAST
 #: an object frame with less object colour than this (pixels, ``world.track_by_color``'s mass)
-#: has no object to measure
-MIN_OBJECT_MASS = 0.5
+#: has no object to measure (its home is the world's tracker)
+MIN_OBJECT_MASS = world.MIN_OBJECT_MASS
 #: direction accuracy: angle at the reference's largest displacement within this many degrees
 DIRECTION_TOLERANCE_DEG = 45.0
 _EPS = 1e-9
@@ -98,7 +98,7 @@ def measured_motion(video: torch.Tensor, kind: str, object_color: np.ndarray) ->
     h, w = video.shape[-2:]
     unit = np.array([w, h], dtype=np.float64)
     if kind == "pan":
-        return world.estimate_camera(video, "pan") / unit
+        return world.estimate_camera(video, "pan", object_color) / unit
     if kind == "zoom":
         return world.estimate_camera(video, "zoom")
     centres, mass = world.track_by_color(video, object_color)
