@@ -6,8 +6,9 @@ metric is the toy stand-in for one of the paper's (docs/METHOD.md, "Evaluation")
 * **trajectory cosine** (:func:`motion_metrics`): cosine between the reference's true motion
   signal (:func:`true_motion`, frames 1..F-1, flattened) and the result's measured one
   (:func:`measured_motion`): the object's displacement tracked by its colour for object motions,
-  the global camera shift (pan) or log scale (zoom) found by brute-force search against frame 0
-  for camera motions -- the paper's SSv2 feature cosine;
+  for a pan the camera shift anchored on the object where the background moves with it
+  (``world.estimate_pan``), for a zoom the log scale found by brute-force search against frame 0
+  -- the paper's SSv2 feature cosine;
 * **direction accuracy**: at the frame k* where the reference moves most, the result's motion is
   within :data:`DIRECTION_TOLERANCE_DEG` of the reference's (a zoom: in vs out);
 * **magnitude ratio**: |result disp(k*)| / |reference disp(k*)|;

@@ -488,8 +488,9 @@ def make_scene_batch(seed: int, batch: int, num_frames: int = 8, height: int = 3
 # ==============================================================================================
 # Measuring motion in generated v2 videos. The background is not one colour any more (gradients,
 # textures), so the object is found by its own colour: every background pixel is at least
-# MIN_CONTRAST from it by construction. A camera motion moves the whole frame, so it is measured
-# as the global shift or scale that best maps frame 0 onto each frame.
+# MIN_CONTRAST from it by construction. A zoom is measured as the scale that best maps frame 0
+# onto each frame; a pan on the object, a point of the scene that moves with the camera, counted
+# only where the background moves with it (estimate_pan says why).
 # ==============================================================================================
 
 def track_by_color(video: torch.Tensor, object_color: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
