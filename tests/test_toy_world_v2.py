@@ -188,7 +188,7 @@ def test_a_pan_is_measured_on_the_object_and_only_where_the_background_moves_wit
     """In a pan the object stands still in the scene, so the camera shift is the tracked object's
     displacement, refined on the background; a frame counts as panned only if its background
     follows the object. So a moving object over a still camera is no pan (the whole-frame search
-    this replaced followed the bright object: up to 20.8 px on these clips), a pan whose texture
+    this replaced followed the bright object: up to 21 px on 40 such clips), a pan whose texture
     degrades over the clip (as a 32-px model's does) is still found, and a video without the
     object measures nothing."""
     for i in range(8):

@@ -562,10 +562,14 @@ def estimate_pan(video: torch.Tensor, object_color: np.ndarray) -> np.ndarray:
     otherwise what moved was the object, not the camera, and the frame measures no shift (as
     does a frame where the object is lost, and every frame if frame 0 has none).
 
-    Why not a search of the whole frame: a bright object dominates the frame's error, so over a
-    still camera the search followed a moving object (rendered clips: a "pan" of up to 20.8 px),
-    and with the object left out, a texture that a 32-px model redraws over the clip matches
-    frame 0 nowhere, and the search returned chance shifts of half the frame.
+    A pan is visible only against a textured scene, which the world's pans (and so the
+    benchmark's pan targets) always have; over a plain background the comparison cannot tell.
+
+    Why not a search of the whole frame, as before: the object, the frame's most contrasting
+    thing, dominates its error, so over a still camera the search followed a moving object (a
+    "pan" of up to 21 px on 40 rendered clips, ``benchmarks/pan_measure.py``); and where a 32-px
+    model redraws a busy texture over the clip, nothing matches frame 0 and the search returned
+    chance shifts of a third of the frame.
     """
     v = video.detach().float().cpu()
     f = v.shape[0]
