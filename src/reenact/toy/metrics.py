@@ -101,7 +101,7 @@ def measured_motion(video: torch.Tensor, kind: str, object_color: np.ndarray) ->
     if kind == "pan":
         return world.estimate_camera(video, "pan", object_color) / unit
     if kind == "zoom":
-        return world.estimate_camera(video, "zoom")
+        return world.estimate_camera(video, "zoom", object_color)
     centres, mass = world.track_by_color(video, object_color)
     found = mass >= MIN_OBJECT_MASS
     if not found[0]:
