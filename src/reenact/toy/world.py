@@ -567,7 +567,7 @@ def estimate_pan(video: torch.Tensor, object_color: np.ndarray) -> np.ndarray:
 
     Why not a search of the whole frame, as before: the object, the frame's most contrasting
     thing, dominates its error, so over a still camera the search followed a moving object (a
-    "pan" of up to 21 px on 40 rendered clips, ``benchmarks/pan_measure.py``); and where a 32-px
+    "pan" of up to 21 px on 40 rendered clips, ``benchmarks/camera_measure.py``); and where a 32-px
     model redraws a busy texture over the clip, nothing matches frame 0 and the search returned
     chance shifts of a third of the frame.
     """
