@@ -17,8 +17,8 @@ call; every generated video is scored against ground truth:
   flattened) and the result's measured one -- the object's displacement (tracked by its colour,
   ``world.track_by_color``) for object motions; for camera motions (``world.estimate_camera``)
   the pan's shift, anchored on the object (a point of the scene) and counted only where the
-  background moves with it, or the zoom's log scale, by brute-force search against frame 0 (the
-  toy stand-in for the paper's SSv2 feature cosine);
+  background moves with it, or the zoom's log scale, by brute-force search against frame 0, kept
+  where the background zooms too (the toy stand-in for the paper's SSv2 feature cosine);
 * **direction accuracy**: at the frame k* where the reference moves most, the result's motion is
   within 45 degrees of the reference's (a zoom: in vs out);
 * **magnitude ratio**: |result(k*)| / |reference(k*)| (median over videos);

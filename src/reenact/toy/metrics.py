@@ -8,7 +8,7 @@ metric is the toy stand-in for one of the paper's (docs/METHOD.md, "Evaluation")
   (:func:`measured_motion`): the object's displacement tracked by its colour for object motions,
   for a pan the camera shift anchored on the object where the background moves with it
   (``world.estimate_pan``), for a zoom the log scale found by brute-force search against frame 0
-  -- the paper's SSv2 feature cosine;
+  where the background zooms too (``world.estimate_zoom``) -- the paper's SSv2 feature cosine;
 * **direction accuracy**: at the frame k* where the reference moves most, the result's motion is
   within :data:`DIRECTION_TOLERANCE_DEG` of the reference's (a zoom: in vs out);
 * **magnitude ratio**: |result disp(k*)| / |reference disp(k*)|;

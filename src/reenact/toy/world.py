@@ -489,8 +489,8 @@ def make_scene_batch(seed: int, batch: int, num_frames: int = 8, height: int = 3
 # Measuring motion in generated v2 videos. The background is not one colour any more (gradients,
 # textures), so the object is found by its own colour: every background pixel is at least
 # MIN_CONTRAST from it by construction. A zoom is measured as the scale that best maps frame 0
-# onto each frame; a pan on the object, a point of the scene that moves with the camera, counted
-# only where the background moves with it (estimate_pan says why).
+# onto each frame, a pan on the object, a point of the scene that moves with the camera; both
+# count only where the background moves with them (estimate_pan and estimate_zoom say why).
 # ==============================================================================================
 
 def track_by_color(video: torch.Tensor, object_color: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
