@@ -552,6 +552,17 @@ def _warp_errors(video: torch.Tensor, shifts: torch.Tensor, log_scales: torch.Te
     return (diff * valid).sum((2, 3)) / valid.sum((2, 3)).clamp_min(1.0)
 
 
+def _beats_a_still_camera(video: torch.Tensor, keep: torch.Tensor, i: int, shifts: torch.Tensor,
+                          log_scales: torch.Tensor) -> int | None:
+    """The rule both camera motions share: of K candidate cameras for frame ``i``, the one whose
+    background (``keep``, the object left out) matches frame 0 best, if it matches better than a
+    still camera does; None if none does (the background did not move with the camera)."""
+    err = _warp_errors(video[[0, i]], torch.cat([shifts, torch.zeros(1, 2)]),
+                       torch.cat([log_scales, torch.zeros(1)]), keep[[0, i]])[1]  # the last: still
+    k = int(err[:-1].argmin())
+    return k if err[k] < err[-1] else None
+
+
 def estimate_pan(video: torch.Tensor, object_color: np.ndarray) -> np.ndarray:
     """The camera shift (F, 2, pixels) of a pan relative to frame 0, anchored on the object.
 
@@ -583,11 +594,9 @@ def estimate_pan(video: torch.Tensor, object_color: np.ndarray) -> np.ndarray:
     for i in range(1, f):
         if mass[i] < MIN_OBJECT_MASS:
             continue
-        cand = torch.cat([torch.as_tensor(centres[i] - centres[0], dtype=torch.float32) + fine,
-                          torch.zeros(1, 2)])  # the last candidate: the camera stayed still
-        err = _warp_errors(v[[0, i]], cand, torch.zeros(len(cand)), keep[[0, i]])[1]
-        k = int(err[:-1].argmin())
-        if err[k] < err[-1]:
+        cand = torch.as_tensor(centres[i] - centres[0], dtype=torch.float32) + fine
+        k = _beats_a_still_camera(v, keep, i, cand, torch.zeros(len(cand)))
+        if k is not None:
             out[i] = cand[k].numpy()
     return out
 
@@ -611,11 +620,9 @@ def estimate_zoom(video: torch.Tensor, object_color: np.ndarray) -> np.ndarray:
     out[0] = 0.0
     keep = background_mask(v, object_color)
     for i in range(1, len(v)):
-        if out[i, 0] != 0.0:
-            e = _warp_errors(v[[0, i]], torch.zeros(2, 2), torch.tensor([out[i, 0], 0.0], dtype=torch.float32),
-                             keep[[0, i]])[1]
-            if not e[0] < e[1]:
-                out[i] = 0.0
+        if out[i, 0] != 0.0 and _beats_a_still_camera(v, keep, i, torch.zeros(1, 2),
+                                                       torch.tensor([out[i, 0]], dtype=torch.float32)) is None:
+            out[i] = 0.0
     return out
 
 
