@@ -225,8 +225,8 @@ class InversionConfig:
         "copy's largest), weights normalised to mean 1 per copy (0 = the paper's uniform loss)",
         low=0.0, high=100.0, group=_NOISE,
         source="paper: uniform EDM loss. The toy models were trained with such a weight (x 5 where "
-               "the frame moves); on the toy-v2 benchmark (2 seeds pooled) 4 scored 0.867 vs 0.858, "
-               "trading turns for back-and-forth and 2.4 points of leaks, so off (docs/RESULTS.md)")
+               "the frame moves); the toy-v2 profile sets 4, measured on its benchmark "
+               "(docs/RESULTS.md); the toy and svd profiles keep the paper's 0 (not measured there)")
     cond_log_sigma_mean: float = setting(
         -3.0, "mean of ln sigma of the conditioning-frame noise", low=-10.0, high=2.0,
         group=_NOISE, source="SVD training")

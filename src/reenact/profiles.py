@@ -104,6 +104,11 @@ TOY_V2 = Profile(
                                         "docs/RESULTS.md; on the shipped weights 3.5 vs 2.8 "
                                         "scored 0.835 vs 0.843 (CPU) and 0.914 vs 0.823 (GPU "
                                         "screen), two draws of the same benchmark"),
+        "motion_weight": Override(4.0, "the loss weighed up where the reference moves (as the toy was "
+                                       "trained): on the full benchmark at three draws (243 videos, "
+                                       "2026-11-27) 0.944 / 93.8 % direction vs 0.922 / 89.3 % with the "
+                                       "uniform loss, better at every draw, motion classes below 0.80 "
+                                       "1 vs 2 (docs/RESULTS.md, \"A motion-weighted loss\")"),
         "start_steps": Override(40, "with --starts K: 10, 20 and 40 steps screened on 14 references "
                                     "(benchmarks/toy_starts.py); only 40 kept better starts than "
                                     "one; starts itself stays 1 (docs/RESULTS.md)"),
