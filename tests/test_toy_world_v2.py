@@ -192,7 +192,7 @@ def test_a_pan_is_measured_on_the_object_and_only_where_the_background_moves_wit
     degrades over the clip (as a 32-px model's does) is still found, and a video without the
     object measures nothing."""
     for i in range(8):
-        still_camera = world.make_scene_clip(7000 + i, motion=world.OBJECT_MOTIONS_V2[i % 7], background="texture")
+        still_camera = world.make_scene_clip(7000 + i, motion=world.OBJECT_MOTIONS_V2[i % len(world.OBJECT_MOTIONS_V2)], background="texture")
         moved = np.abs(still_camera.centers - still_camera.centers[:1]).max()
         assert moved > 1.0  # the object does move
         est = world.estimate_camera(still_camera.video, "pan", still_camera.object_color)
@@ -219,7 +219,7 @@ def test_a_zoom_counts_only_where_the_background_zooms_too():
     keeps its zoom only if the background, object left out, matches frame 0 better at that scale
     than unzoomed. Real zooms are still found, to the same precision."""
     for i in range(8):
-        still_camera = world.make_scene_clip(7000 + i, motion=world.OBJECT_MOTIONS_V2[i % 7], background="texture")
+        still_camera = world.make_scene_clip(7000 + i, motion=world.OBJECT_MOTIONS_V2[i % len(world.OBJECT_MOTIONS_V2)], background="texture")
         assert np.abs(world.estimate_camera(still_camera.video, "zoom", still_camera.object_color)).max() == 0, i
         zoom = world.make_scene_clip(6000 + i, motion="zoom")
         est = world.estimate_camera(zoom.video, "zoom", zoom.object_color)[:, 0]

@@ -108,7 +108,8 @@ TOY_V2 = Profile(
                                        "trained): on the full benchmark at three draws (243 videos, "
                                        "2026-11-27) 0.944 / 93.8 % direction vs 0.922 / 89.3 % with the "
                                        "uniform loss, better at every draw, motion classes below 0.80 "
-                                       "1 vs 2 (docs/RESULTS.md, \"A motion-weighted loss\")"),
+                                       "1 vs 2 (docs/RESULTS.md, \"The motion-weighted loss is the "
+                                       "toy-v2 default\")"),
         "start_steps": Override(40, "with --starts K: 10, 20 and 40 steps screened on 14 references "
                                     "(benchmarks/toy_starts.py); only 40 kept better starts than "
                                     "one; starts itself stays 1 (docs/RESULTS.md)"),
