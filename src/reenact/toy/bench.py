@@ -671,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-steps", type=int, help="inversion " + about("start_steps") + model_default)
     p.add_argument("--probe", choices=PROBES, help="inversion " + about("probe") + model_default)
     p.add_argument("--motion-weight", type=float, help="inversion " + about("motion_weight") + model_default)
+    p.add_argument("--probe-draws", type=int, help="inversion " + about("probe_draws") + model_default)
     p.add_argument("--batch-size", type=int, help="inversion " + about("batch_size") + model_default)
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
@@ -735,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
     given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
                                            "init", "frame_lr", "starts", "start_steps", "probe",
-                                           "motion_weight", "batch_size")
+                                           "motion_weight", "batch_size", "probe_draws")
              if getattr(args, k) is not None}
     try:
         base = profiles.inversion_config(args.model, **given)  # `reenact invert`'s defaults for the model
