@@ -54,6 +54,8 @@ def test_the_svd_family_gets_the_svd_profile_and_everything_else_the_toy_one(tmp
     v2 = profiles.inversion_config("toy-v2", steps=7)
     assert (v2.init, v2.frame_lr, v2.log_sigma_mean, v2.steps) == ("random", 0.1, 3.5, 7)
     assert (profiles.SVD.config().init, profiles.SVD.config().frame_lr) == ("clip", 1.0)  # the paper's
+    # what was measured on the toy-v2 model stays there: SVD runs the paper's single start
+    assert (v2.starts, profiles.SVD.config().starts, profiles.TOY.config().starts) == (2, 1, 1)
     assert profiles.profile_for(str(tiny_svd_dir)) is profiles.TOY
 
 

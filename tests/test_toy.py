@@ -314,8 +314,8 @@ def test_the_constructed_vae_reconstructs_a_clip_above_35_db():
 def test_the_benchmark_runs_end_to_end(trained, tmp_path, capsys):
     out, _ = trained
     rc = bench.main(["--model", str(out), "--refs", "2", "--targets", "2", "--steps", "2", "--gen-steps", "2",
-                     "--batch-size", "2", "--probe-draws", "3", "--configs", "a,e,o", "--threads", "1", "--out", str(tmp_path),
-                     "--examples", "1"])
+                     "--batch-size", "2", "--probe-draws", "3", "--starts", "2", "--configs", "a,e,o",
+                     "--threads", "1", "--out", str(tmp_path), "--examples", "1"])
     torch.set_num_threads(1)
     assert rc == 0
     printed = capsys.readouterr().out
@@ -325,9 +325,12 @@ def test_the_benchmark_runs_end_to_end(trained, tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["complete"] and results["command"].startswith("reenact bench toy --model")
     assert results["settings"]["inversion"]["batch_size"] == 2  # bench flags reach the inversion
-    assert results["settings"]["inversion"]["probe_draws"] == 3
+    assert (results["settings"]["inversion"]["probe_draws"], results["settings"]["inversion"]["starts"]) == (3, 2)
     assert set(results["summary"]) == {"a", "e", "o"} and len(results["records"]) == 3 * 2 * 2
     assert [v["config"] for v in results["inversions"]] == ["e", "e"]
+    # with several starts each inversion row says which start was kept, and both probe losses
+    assert all(v["start_choice"]["chosen"] in (0, 1) and len(v["start_choice"]["probe_losses"]) == 2
+               for v in results["inversions"])
     assert all(set(v["reconstruction"]) >= {"first_frame_psnr", "trajectory_cosine"} for v in results["inversions"])
     assert results["summary"]["e"]["worst_slice"] in results["summary"]["e"]["slices"]
     assert {"machine", "cpu_count", "torch", "threads"} <= set(results["machine"])

@@ -168,9 +168,8 @@ class InversionConfig:
         1, "independent starts (own initialisation and noise stream each) run together in one "
         "UNet batch for --start-steps; the one with the lowest probe loss is continued",
         low=1, high=16, group=_OPT,
-        source="paper: one start; on the toy-v2 model (pre-trained weights) 3 starts (--probe hue, "
-        "chosen after 40 steps) scored 0.879 vs 0.857 for one at twice the time, over its 30 s "
-        "budget, so off (docs/RESULTS.md); K x the activation memory of a step")
+        source="paper: one start; the toy-v2 profile runs 2 (measured on its benchmark, "
+        "docs/RESULTS.md); K x the activation memory of a step")
     start_steps: int = setting(
         20, "steps every start runs before the choice (they count towards --steps; >= --steps: "
         "the choice is made at the end)", low=1, high=10**6, group=_OPT,

@@ -427,6 +427,8 @@ def run_benchmark(pipe, references: list[Reference], targets: list[list[world.Cl
                                 reference_name=f"bench seed {ref.seed} ({ref.motion})")
                 emb, inv_s, loss = result.embedding, result.seconds, result.embedding.metadata["final_loss"]
                 entry = {"ref": i, "config": key, "seconds": inv_s, "steps": result.steps_done, "final_loss": loss}
+                if "start_choice" in result.embedding.metadata:  # with --starts K: which start was kept
+                    entry["start_choice"] = result.embedding.metadata["start_choice"]
                 if settings.reconstruct:
                     recon = reconstruct(pipe, ref, emb, steps=settings.gen_steps, seed=seed)
                     entry["reconstruction"] = recon
