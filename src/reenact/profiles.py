@@ -113,7 +113,7 @@ TOY_V2 = Profile(
         "starts": Override(2, "two starts (own initialisation and noise stream each) in one UNet "
                               "batch, the one with the lower probe loss kept: the seed picks the "
                               "basin the inversion stops in, and the loss ranks the basins; on the "
-                              "full benchmark at three draws (2026-11-27) SCORE_E vs 0.944 / "
+                              "full benchmark at three draws (2026-11-27) 0.970 / 95.1 % vs 0.944 / "
                               "93.8 % for one start of 80 steps (docs/RESULTS.md, \"Two starts, "
                               "the better kept, are the toy-v2 default\")"),
         "steps": Override(56, "a step of two starts costs ~1.8x one start's (80 steps at batch 2: "
