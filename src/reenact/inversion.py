@@ -173,13 +173,13 @@ class InversionConfig:
     start_steps: int = setting(
         20, "steps every start runs before the choice (they count towards --steps; >= --steps: "
         "the choice is made at the end)", low=1, high=10**6, group=_OPT,
-        source="no source (the toy-v2 profile: 40, measured)")
+        source="no source (the toy-v2 profile: 56, its steps, measured)")
     probe: str = setting(
         "plain", "what the probe loss is measured on: plain: the reference; hue: the reference with "
         "its colours turned by 90, 180 and 270 degrees (the same motion in other colours, which an "
         "embedding that learned the motion rather than the colours still denoises)",
         choices=PROBES, group=_OPT,
-        source="no source (the toy-v2 profile: hue, measured)")
+        source="no source (the toy-v2 profile: plain, measured)")
     probe_draws: int = setting(
         8, "noise draws of the probe loss that picks the start: the same draws for every start, "
         "so the comparison is paired", low=1, high=256, group=_OPT, source="no source")
