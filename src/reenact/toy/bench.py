@@ -67,7 +67,7 @@ from reenact import video as vio
 from reenact.embedding import MotionEmbedding
 from reenact.errors import ConfigError
 from reenact.files import atomic_write
-from reenact.inversion import INITS, PROBES, SCHEDULES, InversionConfig, invert
+from reenact.inversion import InversionConfig, invert
 from reenact.pipeline import GenerationConfig
 from reenact.settings import describe
 from reenact.toy import world
@@ -109,6 +109,11 @@ CONFIGS: dict[str, ConfigSpec] = {
     "o": ConfigSpec("oracle: the model's training context for the true motion"),
 }
 DEFAULT_CONFIGS = "a,b,c,d,e"
+
+#: The inversion settings the benchmark takes as flags (``--steps`` ... ``--batch-size``); each
+#: left out is the model's profile value, as in ``reenact invert``.
+INVERSION_FLAGS = ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std", "init", "frame_lr",
+                   "starts", "start_steps", "probe", "probe_draws", "motion_weight", "batch_size")
 
 #: offsets inside the bench seed range: references at +i, targets of reference i at
 #: +TARGET_OFFSET + i*TARGET_STRIDE + k (k counts skipped seeds too)
@@ -658,23 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the reconstruct diagnostic (one more generation per reference and config)")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="comma-separated: " + "; ".join(f"{k}: {v.description}" for k, v in CONFIGS.items()))
-    model_default = " (default: the model's profile, reenact.profiles)"
-    p.add_argument("--steps", type=int, help="inversion " + about("steps") + model_default)
     p.add_argument("--gen-steps", type=int, default=25, help="Euler denoising steps (SVD default)")
-    p.add_argument("--lr", type=float, help="inversion " + about("lr") + model_default)
-    p.add_argument("--lr-schedule", choices=SCHEDULES, help="inversion learning-rate schedule" + model_default)
-    p.add_argument("--log-sigma-mean", type=float,
-                   help="mean of ln sigma of the inversion's noise levels" + model_default)
-    p.add_argument("--log-sigma-std", type=float,
-                   help="std of ln sigma of the inversion's noise levels" + model_default)
-    p.add_argument("--init", choices=INITS, help="embedding initialisation" + model_default)
-    p.add_argument("--frame-lr", type=float, help="inversion " + about("frame_lr") + model_default)
-    p.add_argument("--starts", type=int, help="inversion " + about("starts") + model_default)
-    p.add_argument("--start-steps", type=int, help="inversion " + about("start_steps") + model_default)
-    p.add_argument("--probe", choices=PROBES, help="inversion " + about("probe") + model_default)
-    p.add_argument("--motion-weight", type=float, help="inversion " + about("motion_weight") + model_default)
-    p.add_argument("--probe-draws", type=int, help="inversion " + about("probe_draws") + model_default)
-    p.add_argument("--batch-size", type=int, help="inversion " + about("batch_size") + model_default)
+    for name in INVERSION_FLAGS:  # help, type and choices from the library's InversionConfig
+        meta = describe(InversionConfig, name)
+        kwargs = {"choices": meta["choices"]} if meta.get("choices") else {"type": type(meta["default"])}
+        p.add_argument("--" + name.replace("_", "-"), **kwargs,
+                       help="inversion " + about(name) + " (default: the model's profile, reenact.profiles)")
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
@@ -736,10 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  keep=lambda i: (shard is None or i % shard[1] == shard[0])
                                  and (only is None or i in only))
     targets = [pick_targets(r, args.targets, *geometry) for r in references]
-    given = {k: getattr(args, k) for k in ("steps", "lr", "lr_schedule", "log_sigma_mean", "log_sigma_std",
-                                           "init", "frame_lr", "starts", "start_steps", "probe",
-                                           "motion_weight", "batch_size", "probe_draws")
-             if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in INVERSION_FLAGS if getattr(args, k) is not None}
     try:
         base = profiles.inversion_config(args.model, **given)  # `reenact invert`'s defaults for the model
         base.validate()
