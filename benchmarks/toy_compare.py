@@ -26,8 +26,11 @@ import numpy as np
 
 
 def _videos(path: Path, config: str) -> dict[tuple, dict]:
-    doc = json.loads(path.read_text())
-    rows = [r for r in doc["records"] if r["config"] == config]
+    try:
+        doc = json.loads(path.read_text())
+        rows = [r for r in doc["records"] if r["config"] == config]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: not a `reenact bench toy` results.json ({type(e).__name__}: {e})") from None
     if not rows:
         raise SystemExit(f"{path}: no records of config {config!r} (it has "
                          f"{sorted({r['config'] for r in doc['records']})}); pass --config-a/--config-b")
