@@ -81,6 +81,9 @@ SVD = Profile(
     },
 )
 
+#: toy-v2's inversion steps; its two starts run all of them before the choice (start_steps = steps)
+_TOY_V2_STEPS = 56
+
 TOY_V2 = Profile(
     "toy-v2",
     "measured on the bundled world-v2 toy model (benchmarks/toy_variants.py and reenact bench toy; "
@@ -116,14 +119,16 @@ TOY_V2 = Profile(
                               "full benchmark at three draws (2026-11-27) 0.970 / 95.1 % vs 0.944 / "
                               "93.8 % for one start of 80 steps (docs/RESULTS.md, \"Two starts, "
                               "the better kept, are the toy-v2 default\")"),
-        "steps": Override(56, "a step of two starts costs ~1.8x one start's (80 steps at batch 2: "
-                              "34.0 vs 18.8 s), so 56 steps keep a default inversion inside 30 s "
-                              "on 2 CPU cores (27.8 s measured; 64 steps took 30.1-30.8 s)"),
-        "start_steps": Override(56, "= the profile's steps, so the choice is made at the end: the "
-                                    "starts run all their steps, then the one with the lower probe "
-                                    "loss is kept (a choice after 40 steps with the plain probe kept "
-                                    "worse starts than one: benchmarks/toy_starts.py); a longer "
-                                    "--steps chooses at 56 and continues the kept start"),
+        "steps": Override(_TOY_V2_STEPS,
+                          "a step of two starts costs ~1.8x one start's (80 steps at batch 2: "
+                          "34.0 vs 18.8 s), so 56 steps keep a default inversion inside 30 s "
+                          "on 2 CPU cores (27.8 s measured; 64 steps took 30.1-30.8 s)"),
+        "start_steps": Override(_TOY_V2_STEPS,
+                                "= the profile's steps, so the choice is made at the end: the "
+                                "starts run all their steps, then the one with the lower probe "
+                                "loss is kept (a choice after 40 steps with the plain probe kept "
+                                "worse starts than one: benchmarks/toy_starts.py); a longer "
+                                "--steps chooses at 56 and continues the kept start"),
         "probe": Override("plain", "after a full run the basins' losses differ clearly (circle 5: "
                                    "0.109 vs 0.134 on 48 common draws, benchmarks/toy_basins.py), "
                                    "so the reference itself ranks them; the hue probe's three "

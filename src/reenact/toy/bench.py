@@ -647,9 +647,6 @@ def machine_info() -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
 
-    def about(name: str) -> str:  # the library's own help sentence for an inversion setting
-        return describe(InversionConfig, name)["help"].replace("%", "%%")
-
     p = argparse.ArgumentParser(
         prog="reenact bench toy", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Motion-transfer benchmark on the toy world (the paper's F' x N ablation): "
@@ -668,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
         meta = describe(InversionConfig, name)
         kwargs = {"choices": meta["choices"]} if meta.get("choices") else {"type": type(meta["default"])}
         p.add_argument("--" + name.replace("_", "-"), **kwargs,
-                       help="inversion " + about(name) + " (default: the model's profile, reenact.profiles)")
+                       help="inversion " + meta["help"].replace("%", "%%")
+                       + " (default: the model's profile, reenact.profiles)")
     p.add_argument("--seed", type=int, default=0,
                    help="inversion/generation seed of reference i is seed+i (the clips are fixed)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
